@@ -557,3 +557,19 @@ export function grid(groups: number, maxPerDim = 65535): [number, number] {
   const y = Math.ceil(groups / maxPerDim);
   return [Math.ceil(groups / y), y];
 }
+
+/**
+ * Returns a tensor over the same buffer with another shape. The new shape may have fewer elements
+ * than the buffer holds (a prefix view, e.g. the first rows of a workspace sized for the longest
+ * batch); kernels read only what the shape covers.
+ */
+export function view(t: Tensor, shape: readonly number[], label = t.label): Tensor {
+  const need = byteSize(shape, t.dtype);
+  if (need > t.buffer.size) {
+    throw new Error(
+      `view of tensor '${t.label}' as ${fmtShape(shape)} needs ${need} bytes, it has ` +
+        `${t.buffer.size}`,
+    );
+  }
+  return { buffer: t.buffer, shape: [...shape], dtype: t.dtype, label };
+}
