@@ -1,0 +1,219 @@
+/**
+ * Adapter checkpoints: the adapter's tensors in safetensors, named as in the reference
+ * LLaMA-Adapter release, with metadata describing the adapter and the base model it was trained on.
+ *
+ * Tensors: `adapter_query.weight` (K * L, dim), the prompts of the lowest adapted block first, and
+ * `layers.{i}.attention.gate` (1, n_heads, 1, 1) for each adapted block i.
+ * Metadata (all strings): `format` = "llama-adapter", `adapter_layers`, `adapter_len`,
+ * `first_layer`, `gate` = "tanh", `template`, `base_model` (a path, informational),
+ * `base_fingerprint` (JSON of `ModelFingerprint`), and free-form training details.
+ */
+import { writeFileAtomic } from "../train/atomic.ts";
+import type { ModelConfig } from "./config.ts";
+import {
+  type Adapter,
+  fingerprintMismatch,
+  firstAdaptedLayer,
+  type ModelFingerprint,
+  validateAdapterConfig,
+} from "./adapter.ts";
+import { encodeSafetensors, type NamedTensor } from "./safetensors_write.ts";
+
+/** Metadata stored with an adapter. */
+export interface AdapterMetadata {
+  /** Prompt template the adapter was trained with ("alpaca", "none"). */
+  template: string;
+  baseModel: string;
+  fingerprint: ModelFingerprint;
+  /** Extra string fields (training step, data file, ...). */
+  extra?: Record<string, string>;
+}
+
+/** Adapter tensors plus their metadata, as stored in a file. */
+export interface AdapterFile {
+  adapter: Adapter;
+  metadata: AdapterMetadata;
+  /** Index of the lowest adapted block recorded in the file. */
+  firstLayer: number;
+}
+
+/** Returns the safetensors bytes of an adapter. */
+export function encodeAdapter(
+  model: ModelConfig,
+  adapter: Adapter,
+  meta: AdapterMetadata,
+): Uint8Array {
+  const { layers: K, length: L } = adapter.config;
+  const first = firstAdaptedLayer(model, adapter.config);
+  const tensors: NamedTensor[] = [
+    { name: "adapter_query.weight", shape: [K * L, model.dim], data: adapter.prompts },
+  ];
+  for (let i = 0; i < K; i++) {
+    tensors.push({
+      name: `layers.${first + i}.attention.gate`,
+      shape: [1, model.nHeads, 1, 1],
+      data: adapter.gates.slice(i * model.nHeads, (i + 1) * model.nHeads),
+    });
+  }
+  return encodeSafetensors(tensors, {
+    format: "llama-adapter",
+    adapter_layers: String(K),
+    adapter_len: String(L),
+    first_layer: String(first),
+    gate: "tanh",
+    template: meta.template,
+    base_model: meta.baseModel,
+    base_fingerprint: JSON.stringify(meta.fingerprint),
+    ...(meta.extra ?? {}),
+  });
+}
+
+/** Writes an adapter to `path` atomically. */
+export async function saveAdapter(
+  path: string,
+  model: ModelConfig,
+  adapter: Adapter,
+  meta: AdapterMetadata,
+): Promise<void> {
+  await writeFileAtomic(path, encodeAdapter(model, adapter, meta));
+}
+
+interface HeaderEntry {
+  dtype: string;
+  shape: number[];
+  data_offsets: [number, number];
+}
+
+/**
+ * Reads an adapter file. Throws an error naming the file for a truncated or malformed file, a
+ * missing tensor or field, or a shape that does not match the metadata.
+ */
+export async function readAdapterFile(path: string): Promise<AdapterFile> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (e) {
+    throw new Error(`cannot read adapter ${path}: ${(e as Error).message}`);
+  }
+  const fail = (msg: string): never => {
+    throw new Error(`adapter ${path}: ${msg}`);
+  };
+  if (bytes.length < 8) fail(`file of ${bytes.length} bytes is too short for a safetensors header`);
+  const headerLen = Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true));
+  if (8 + headerLen > bytes.length) {
+    fail(
+      `header of ${headerLen} bytes runs past the end of the ${bytes.length}-byte file (truncated?)`,
+    );
+  }
+  let header: Record<string, unknown>;
+  try {
+    header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)));
+  } catch (e) {
+    return fail(`invalid JSON header: ${(e as Error).message}`);
+  }
+  const meta = (header.__metadata__ ?? {}) as Record<string, string>;
+  if (meta.format !== "llama-adapter") {
+    fail(`metadata format is '${meta.format}', expected 'llama-adapter'; is this an adapter file?`);
+  }
+  const K = Number(meta.adapter_layers), L = Number(meta.adapter_len);
+  const first = Number(meta.first_layer);
+  if (!(K >= 1) || !(L >= 1) || !(first >= 0)) {
+    fail(`metadata adapter_layers/adapter_len/first_layer are missing or invalid`);
+  }
+  if (meta.gate !== "tanh") fail(`gate function '${meta.gate}' is not supported (only tanh)`);
+  const dataStart = 8 + headerLen;
+  const tensor = (name: string): { shape: number[]; data: Float32Array } => {
+    const e = header[name] as HeaderEntry | undefined;
+    if (!e) return fail(`tensor '${name}' is missing`);
+    if (e.dtype !== "F32") return fail(`tensor '${name}' has dtype ${e.dtype}, expected F32`);
+    const [a, b] = e.data_offsets;
+    const n = e.shape.reduce((x, y) => x * y, 1);
+    if (b - a !== 4 * n) fail(`tensor '${name}' byte range does not match its shape [${e.shape}]`);
+    if (dataStart + b > bytes.length) {
+      fail(`tensor '${name}' runs past the end of the file (truncated?)`);
+    }
+    const copy = bytes.slice(dataStart + a, dataStart + b);
+    return { shape: e.shape, data: new Float32Array(copy.buffer) };
+  };
+  const query = tensor("adapter_query.weight");
+  if (query.shape.length !== 2 || query.shape[0] !== K * L) {
+    fail(`adapter_query.weight has shape [${query.shape}], expected [${K * L}, dim]`);
+  }
+  const gates: Float32Array[] = [];
+  let nHeads = -1;
+  for (let i = 0; i < K; i++) {
+    const g = tensor(`layers.${first + i}.attention.gate`);
+    if (g.shape.length !== 4 || g.shape[0] !== 1 || g.shape[2] !== 1 || g.shape[3] !== 1) {
+      fail(
+        `layers.${first + i}.attention.gate has shape [${g.shape}], expected [1, n_heads, 1, 1]`,
+      );
+    }
+    if (nHeads >= 0 && g.shape[1] !== nHeads) fail(`gate tensors disagree on the head count`);
+    nHeads = g.shape[1];
+    gates.push(g.data);
+  }
+  const allGates = new Float32Array(K * nHeads);
+  gates.forEach((g, i) => allGates.set(g, i * nHeads));
+  let fingerprint: ModelFingerprint;
+  try {
+    fingerprint = JSON.parse(meta.base_fingerprint);
+  } catch {
+    return fail(`metadata base_fingerprint is missing or not JSON`);
+  }
+  const extra: Record<string, string> = {};
+  const known = new Set([
+    "format",
+    "adapter_layers",
+    "adapter_len",
+    "first_layer",
+    "gate",
+    "template",
+    "base_model",
+    "base_fingerprint",
+  ]);
+  for (const [k, v] of Object.entries(meta)) if (!known.has(k)) extra[k] = v;
+  return {
+    adapter: { config: { layers: K, length: L }, prompts: query.data, gates: allGates },
+    metadata: {
+      template: meta.template ?? "none",
+      baseModel: meta.base_model ?? "",
+      fingerprint,
+      extra,
+    },
+    firstLayer: first,
+  };
+}
+
+/**
+ * Reads an adapter and checks it against the base model: dimensions, head count, adapted blocks
+ * and the fingerprint. Throws an error naming the file and the mismatch.
+ */
+export async function loadAdapter(
+  path: string,
+  model: ModelConfig,
+  fingerprint: ModelFingerprint,
+): Promise<AdapterFile> {
+  const file = await readAdapterFile(path);
+  const { adapter } = file;
+  const dim = adapter.prompts.length / (adapter.config.layers * adapter.config.length);
+  const nHeads = adapter.gates.length / adapter.config.layers;
+  const other = (why: string) =>
+    new Error(
+      `adapter ${path} was trained for another base model (${why}); it was made for ` +
+        `'${file.metadata.baseModel}'. Pass the matching --model.`,
+    );
+  if (dim !== model.dim) throw other(`prompt width ${dim}, model dim ${model.dim}`);
+  if (nHeads !== model.nHeads) {
+    throw other(`${nHeads} gates per block, model has ${model.nHeads} heads`);
+  }
+  validateAdapterConfig(model, adapter.config);
+  if (file.firstLayer !== firstAdaptedLayer(model, adapter.config)) {
+    throw other(
+      `adapted blocks start at ${file.firstLayer}, but ${adapter.config.layers} top ` +
+        `blocks of ${model.nLayers} start at ${firstAdaptedLayer(model, adapter.config)}`,
+    );
+  }
+  const why = fingerprintMismatch(file.metadata.fingerprint, fingerprint);
+  if (why) throw other(why);
+  return file;
+}
