@@ -129,7 +129,8 @@ export function pickle(value: PyValue): Uint8Array {
 export interface TableTensor {
   name: string;
   key: string;
-  storageClass: "FloatStorage" | "HalfStorage" | "BFloat16Storage";
+  /** A torch storage class name such as "HalfStorage". */
+  storageClass: string;
   storageNumel: number;
   offset: number;
   shape: number[];
