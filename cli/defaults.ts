@@ -1,0 +1,21 @@
+/**
+ * Default paths: the demo model, data and adapter that ship in `demo/`, so every command runs on a
+ * fresh clone with no arguments.
+ */
+
+const root = new URL("../", import.meta.url);
+
+function path(relative: string): string {
+  return decodeURIComponent(new URL(relative, root).pathname);
+}
+
+/** Defaults of the command-line options that name files. */
+export const DEFAULTS = {
+  model: path("demo/model"),
+  data: path("demo/data/train.jsonl"),
+  valData: path("demo/data/val.jsonl"),
+  testData: path("demo/data/test.jsonl"),
+  out: path("runs/demo-adapter"),
+  /** Adapter that `chat`, `generate` and `eval` apply to the demo model when it exists. */
+  adapter: path("runs/demo-adapter/adapter.safetensors"),
+};

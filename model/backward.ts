@@ -1,0 +1,216 @@
+/**
+ * Backward through one transformer block, from the gradient of its output to the gradient of its
+ * input, accumulating the adapter's prompt and gate gradients (and, for full fine-tuning, every
+ * weight gradient).
+ *
+ * The steps mirror `Llama.blockForward` in reverse:
+ *
+ *     dh = dOut w2               dw2 += dOut^T h
+ *     da, du = swiglu'(a, u, dh) dw1 += da^T xn2, dw3 += du^T xn2
+ *     dxn2 = da w1 + du w3
+ *     dxMid = dOut + rmsnorm'(xMid, dxn2)       dffnNorm += ...
+ *     dAtt = dxMid wo            dwo += dxMid^T att
+ *     dq, dk, dv, dPk, dPv, dGate = attention'(...)
+ *     dq, dk = rope^-1(dq), rope^-1(dk)
+ *     dxn1 = dq wq + dk wk + dv wv     dwq/dwk/dwv += ...
+ *     dx = dxMid + rmsnorm'(x, dxn1)            dattnNorm += ...
+ *     dPrompt += dPk wk + dPv wv
+ */
+import { type Gpu, type Tensor, view } from "../kernels/device.ts";
+import { matmulGradInput, matmulGradWeight } from "../kernels/matmul.ts";
+import { rmsnormBackward } from "../kernels/norm.ts";
+import { ropeBackward } from "../kernels/rope.ts";
+import { swigluBackward } from "../kernels/swiglu.ts";
+import { attentionBackward } from "../kernels/attention.ts";
+import { add } from "../kernels/elementwise.ts";
+import { headDim, type ModelConfig } from "./config.ts";
+import type { BlockActivations, Llama } from "./llama.ts";
+
+/** Weight gradients of one block for full fine-tuning; shapes as the weights, f32. */
+export interface BlockWeightGrads {
+  attnNorm: Tensor;
+  wq: Tensor;
+  wk: Tensor;
+  wv: Tensor;
+  wo: Tensor;
+  ffnNorm: Tensor;
+  w1: Tensor;
+  w2: Tensor;
+  w3: Tensor;
+}
+
+/** Adapter gradients of one adapted block. */
+export interface AdapterGrads {
+  /** (L, C) */
+  prompt: Tensor;
+  /** (H) */
+  gate: Tensor;
+}
+
+/** Scratch tensors for backward, sized for the largest micro-batch. */
+export interface BackwardScratch {
+  /** (M, C) */
+  dxMid: Tensor;
+  /** (M, C) */
+  dxn: Tensor;
+  /** (M, F) */
+  dh: Tensor;
+  da: Tensor;
+  du: Tensor;
+  /** (B, T, H, D) */
+  dAtt: Tensor;
+  dq: Tensor;
+  /** (B, T, Hkv, D) */
+  dk: Tensor;
+  dv: Tensor;
+  /** (L, Hkv, D) */
+  dPromptK: Tensor;
+  dPromptV: Tensor;
+  /** (H) gate gradient of one block and micro-batch, before it is added to the total */
+  dGate: Tensor;
+}
+
+/** Allocates backward scratch for B rows of T tokens and prompt length L. */
+export function allocBackwardScratch(
+  gpu: Gpu,
+  c: ModelConfig,
+  B: number,
+  T: number,
+  promptLen: number,
+): BackwardScratch {
+  const M = B * T, C = c.dim, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads, F = c.hiddenDim;
+  const L = Math.max(1, promptLen);
+  const t = (shape: number[], name: string) => gpu.tensor(shape, "f32", `grad.${name}`);
+  return {
+    dxMid: t([M, C], "dxMid"),
+    dxn: t([M, C], "dxn"),
+    dh: t([M, F], "dh"),
+    da: t([M, F], "da"),
+    du: t([M, F], "du"),
+    dAtt: t([B, T, H, D], "dAtt"),
+    dq: t([B, T, H, D], "dq"),
+    dk: t([B, T, Hkv, D], "dk"),
+    dv: t([B, T, Hkv, D], "dv"),
+    dPromptK: t([L, Hkv, D], "dPromptK"),
+    dPromptV: t([L, Hkv, D], "dPromptV"),
+    dGate: t([H], "dGate"),
+  };
+}
+
+/** Returns views of `s` for B rows of T tokens. */
+export function shapeScratch(
+  s: BackwardScratch,
+  c: ModelConfig,
+  B: number,
+  T: number,
+  promptLen: number,
+): BackwardScratch {
+  const M = B * T, C = c.dim, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads, F = c.hiddenDim;
+  const L = Math.max(1, promptLen);
+  return {
+    dxMid: view(s.dxMid, [M, C]),
+    dxn: view(s.dxn, [M, C]),
+    dh: view(s.dh, [M, F]),
+    da: view(s.da, [M, F]),
+    du: view(s.du, [M, F]),
+    dAtt: view(s.dAtt, [B, T, H, D]),
+    dq: view(s.dq, [B, T, H, D]),
+    dk: view(s.dk, [B, T, Hkv, D]),
+    dv: view(s.dv, [B, T, Hkv, D]),
+    dPromptK: view(s.dPromptK, [L, Hkv, D]),
+    dPromptV: view(s.dPromptV, [L, Hkv, D]),
+    dGate: s.dGate,
+  };
+}
+
+/**
+ * Records backward through block `layer`. On entry `dx` (M, C) holds the gradient of the block
+ * output; on return it holds the gradient of the block input. `acts` must hold the activations of
+ * this block's forward for the same batch. Adapter gradients accumulate into `adapterGrads` when the
+ * block is adapted; weight gradients accumulate into `weightGrads` when given.
+ */
+export function blockBackward(
+  model: Llama,
+  layer: number,
+  acts: BlockActivations,
+  dx: Tensor,
+  s: BackwardScratch,
+  B: number,
+  T: number,
+  adapterGrads: AdapterGrads | null,
+  weightGrads: BlockWeightGrads | null,
+): void {
+  const gpu = model.gpu, c = model.config, w = model.weights.layers[layer];
+  const M = B * T, C = c.dim, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads;
+  const flat = (t: Tensor, cols: number) => view(t, [M, cols]);
+
+  // Feed-forward: xOut = xMid + (silu(xn2 w1^T) * xn2 w3^T) w2^T.
+  matmulGradInput(gpu, dx, w.w2, s.dh);
+  if (weightGrads) matmulGradWeight(gpu, dx, acts.h, weightGrads.w2, { accumulate: true });
+  swigluBackward(gpu, acts.a, acts.u, s.dh, s.da, s.du);
+  matmulGradInput(gpu, s.da, w.w1, s.dxn);
+  matmulGradInput(gpu, s.du, w.w3, s.dxn, { accumulate: true });
+  if (weightGrads) {
+    matmulGradWeight(gpu, s.da, acts.xn2, weightGrads.w1, { accumulate: true });
+    matmulGradWeight(gpu, s.du, acts.xn2, weightGrads.w3, { accumulate: true });
+  }
+  gpu.copy(dx, 0, s.dxMid, 0, M * C * 4);
+  rmsnormBackward(gpu, acts.xMid, w.ffnNorm, acts.rstd2, s.dxn, s.dxMid, {
+    accumulate: true,
+    dWeight: weightGrads?.ffnNorm,
+  });
+
+  // Attention: xMid = x + att wo^T.
+  matmulGradInput(gpu, s.dxMid, w.wo, flat(s.dAtt, H * D));
+  if (weightGrads) {
+    matmulGradWeight(gpu, s.dxMid, flat(acts.att, H * D), weightGrads.wo, { accumulate: true });
+  }
+  const ai = model.adapterIndex(layer);
+  const prompt = ai >= 0
+    ? { keys: acts.promptK, values: acts.promptV, gate: model.adapter!.gates[ai] }
+    : undefined;
+  attentionBackward(gpu, {
+    q: acts.q,
+    k: acts.k,
+    v: acts.v,
+    out: acts.att,
+    lse: acts.lse,
+    dOut: s.dAtt,
+    dq: s.dq,
+    dk: s.dk,
+    dv: s.dv,
+    pos0: 0,
+    prompt,
+    promptLse: prompt ? acts.lsePrompt : undefined,
+    dPrompt: prompt ? { keys: s.dPromptK, values: s.dPromptV, gate: s.dGate } : undefined,
+  });
+  const rope = { layout: c.ropeLayout, theta: c.ropeTheta, pos0: 0 };
+  ropeBackward(gpu, s.dq, s.dq, rope);
+  ropeBackward(gpu, s.dk, s.dk, rope);
+
+  matmulGradInput(gpu, flat(s.dq, H * D), w.wq, s.dxn);
+  matmulGradInput(gpu, flat(s.dk, Hkv * D), w.wk, s.dxn, { accumulate: true });
+  matmulGradInput(gpu, flat(s.dv, Hkv * D), w.wv, s.dxn, { accumulate: true });
+  if (weightGrads) {
+    matmulGradWeight(gpu, flat(s.dq, H * D), acts.xn1, weightGrads.wq, { accumulate: true });
+    matmulGradWeight(gpu, flat(s.dk, Hkv * D), acts.xn1, weightGrads.wk, { accumulate: true });
+    matmulGradWeight(gpu, flat(s.dv, Hkv * D), acts.xn1, weightGrads.wv, { accumulate: true });
+  }
+  gpu.copy(s.dxMid, 0, dx, 0, M * C * 4);
+  rmsnormBackward(gpu, acts.x, w.attnNorm, acts.rstd1, s.dxn, dx, {
+    accumulate: true,
+    dWeight: weightGrads?.attnNorm,
+  });
+
+  // Prompt keys and values: Pk = P wk^T, Pv = P wv^T, so dP += dPk wk + dPv wv.
+  if (prompt && adapterGrads) {
+    add(gpu, adapterGrads.gate, s.dGate, adapterGrads.gate);
+    const L = model.adapter!.config.length;
+    matmulGradInput(gpu, view(s.dPromptK, [L, Hkv * D]), w.wk, adapterGrads.prompt, {
+      accumulate: true,
+    });
+    matmulGradInput(gpu, view(s.dPromptV, [L, Hkv * D]), w.wv, adapterGrads.prompt, {
+      accumulate: true,
+    });
+  }
+}

@@ -1,0 +1,299 @@
+/**
+ * The LLaMA graph on the GPU: forward for training (keeping what backward needs in the adapted
+ * blocks), prefill and decode with a KV cache, and the optional LLaMA-Adapter prefix.
+ *
+ * Block b, for activations x (M = B*T rows, C columns):
+ *
+ *     xn1  = rmsnorm(x) * attnNorm
+ *     q, k, v = rope(xn1 wq^T), rope(xn1 wk^T), xn1 wv^T
+ *     att  = attention(q, k, v [, prompt keys/values P wk^T, P wv^T, gate])
+ *     xMid = x + att wo^T
+ *     xn2  = rmsnorm(xMid) * ffnNorm
+ *     a, u = xn2 w1^T, xn2 w3^T
+ *     h    = silu(a) * u
+ *     xOut = xMid + h w2^T
+ *
+ * then logits = (rmsnorm(x) * norm) output^T.
+ */
+import { type Gpu, type Tensor, view } from "../kernels/device.ts";
+import { embeddingForward } from "../kernels/embedding.ts";
+import { matmul } from "../kernels/matmul.ts";
+import { rmsnormForward } from "../kernels/norm.ts";
+import { ropeForward } from "../kernels/rope.ts";
+import { swigluForward } from "../kernels/swiglu.ts";
+import { attentionForward } from "../kernels/attention.ts";
+import { headDim, type ModelConfig } from "./config.ts";
+import type { GpuLayer, GpuWeights } from "./gpu_weights.ts";
+import type { Adapter, AdapterConfig } from "./adapter.ts";
+import { firstAdaptedLayer, validateAdapterConfig } from "./adapter.ts";
+
+/** Adapter parameters on the GPU, one tensor per adapted block. */
+export interface GpuAdapter {
+  config: AdapterConfig;
+  /** Index of the lowest adapted block. */
+  first: number;
+  /** Per adapted block: (L, C) prompts. */
+  prompts: Tensor[];
+  /** Per adapted block: (H) gates, before tanh. */
+  gates: Tensor[];
+}
+
+/** Activations of one block that backward reads. Row count M = B*T. */
+export interface BlockActivations {
+  /** (M, C) block input, the residual stream. */
+  x: Tensor;
+  /** (M) */
+  rstd1: Tensor;
+  /** (M, C) */
+  xn1: Tensor;
+  /** (B, T, H, D) after rotary embedding */
+  q: Tensor;
+  /** (B, T, Hkv, D) after rotary embedding */
+  k: Tensor;
+  /** (B, T, Hkv, D) */
+  v: Tensor;
+  /** (B, T, H, D) attention output before wo */
+  att: Tensor;
+  /** (B, H, T) log-sum-exp of the token scores */
+  lse: Tensor;
+  /** (B, H, T) log-sum-exp of the prompt scores */
+  lsePrompt: Tensor;
+  /** (L, Hkv, D) prompt keys and values of this block (adapted blocks only) */
+  promptK: Tensor;
+  promptV: Tensor;
+  /** (M, C) */
+  xMid: Tensor;
+  /** (M) */
+  rstd2: Tensor;
+  /** (M, C) */
+  xn2: Tensor;
+  /** (M, F) gate and up projections and their SwiGLU product */
+  a: Tensor;
+  u: Tensor;
+  h: Tensor;
+}
+
+/** Creates the activation tensors of one block for up to `B` rows of `T` tokens. */
+export function allocBlockActivations(
+  gpu: Gpu,
+  c: ModelConfig,
+  B: number,
+  T: number,
+  promptLen: number,
+  label: string,
+): BlockActivations {
+  const M = B * T, C = c.dim, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads, F = c.hiddenDim;
+  const L = Math.max(1, promptLen);
+  const t = (shape: number[], name: string) => gpu.tensor(shape, "f32", `${label}.${name}`);
+  return {
+    x: t([M, C], "x"),
+    rstd1: t([M], "rstd1"),
+    xn1: t([M, C], "xn1"),
+    q: t([B, T, H, D], "q"),
+    k: t([B, T, Hkv, D], "k"),
+    v: t([B, T, Hkv, D], "v"),
+    att: t([B, T, H, D], "att"),
+    lse: t([B, H, T], "lse"),
+    lsePrompt: t([B, H, T], "lsePrompt"),
+    promptK: t([L, Hkv, D], "promptK"),
+    promptV: t([L, Hkv, D], "promptV"),
+    xMid: t([M, C], "xMid"),
+    rstd2: t([M], "rstd2"),
+    xn2: t([M, C], "xn2"),
+    a: t([M, F], "a"),
+    u: t([M, F], "u"),
+    h: t([M, F], "h"),
+  };
+}
+
+/** Returns views of `acts` shaped for B rows of T tokens (B*T within the allocated size). */
+export function shapeActivations(
+  acts: BlockActivations,
+  c: ModelConfig,
+  B: number,
+  T: number,
+  promptLen: number,
+): BlockActivations {
+  const M = B * T, C = c.dim, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads, F = c.hiddenDim;
+  const L = Math.max(1, promptLen);
+  return {
+    x: view(acts.x, [M, C]),
+    rstd1: view(acts.rstd1, [M]),
+    xn1: view(acts.xn1, [M, C]),
+    q: view(acts.q, [B, T, H, D]),
+    k: view(acts.k, [B, T, Hkv, D]),
+    v: view(acts.v, [B, T, Hkv, D]),
+    att: view(acts.att, [B, T, H, D]),
+    lse: view(acts.lse, [B, H, T]),
+    lsePrompt: view(acts.lsePrompt, [B, H, T]),
+    promptK: view(acts.promptK, [L, Hkv, D]),
+    promptV: view(acts.promptV, [L, Hkv, D]),
+    xMid: view(acts.xMid, [M, C]),
+    rstd2: view(acts.rstd2, [M]),
+    xn2: view(acts.xn2, [M, C]),
+    a: view(acts.a, [M, F]),
+    u: view(acts.u, [M, F]),
+    h: view(acts.h, [M, F]),
+  };
+}
+
+/** Reshapes a tensor of M rows to `shape`, for the flat/head views of the same data. */
+function as2d(t: Tensor, rows: number, cols: number): Tensor {
+  return view(t, [rows, cols]);
+}
+
+/** Key/value cache of one block: (1, S, Hkv, D) each, S the capacity in positions. */
+export interface KvCache {
+  k: Tensor;
+  v: Tensor;
+}
+
+/** A loaded model on the GPU with an optional adapter. */
+export class Llama {
+  readonly gpu: Gpu;
+  readonly config: ModelConfig;
+  readonly weights: GpuWeights;
+  adapter: GpuAdapter | null = null;
+
+  constructor(gpu: Gpu, weights: GpuWeights) {
+    this.gpu = gpu;
+    this.config = weights.config;
+    this.weights = weights;
+  }
+
+  /** Uploads `adapter` (replacing any previous one). */
+  setAdapter(adapter: Adapter | null): void {
+    if (!adapter) {
+      this.adapter = null;
+      return;
+    }
+    const c = this.config;
+    validateAdapterConfig(c, adapter.config);
+    const { layers: K, length: L } = adapter.config;
+    const first = firstAdaptedLayer(c, adapter.config);
+    const prompts: Tensor[] = [];
+    const gates: Tensor[] = [];
+    for (let i = 0; i < K; i++) {
+      prompts.push(this.gpu.upload(
+        adapter.prompts.slice(i * L * c.dim, (i + 1) * L * c.dim),
+        [L, c.dim],
+        "f32",
+        `adapter.prompt.${first + i}`,
+      ));
+      gates.push(this.gpu.upload(
+        adapter.gates.slice(i * c.nHeads, (i + 1) * c.nHeads),
+        [c.nHeads],
+        "f32",
+        `adapter.gate.${first + i}`,
+      ));
+    }
+    this.adapter = { config: { ...adapter.config }, first, prompts, gates };
+  }
+
+  /** Reads the adapter back from the GPU. */
+  async readAdapter(): Promise<Adapter> {
+    const a = this.adapter;
+    if (!a) throw new Error("no adapter is set");
+    const c = this.config;
+    const { layers: K, length: L } = a.config;
+    const prompts = new Float32Array(K * L * c.dim);
+    const gates = new Float32Array(K * c.nHeads);
+    for (let i = 0; i < K; i++) {
+      prompts.set(await this.gpu.readF32(a.prompts[i]), i * L * c.dim);
+      gates.set(await this.gpu.readF32(a.gates[i]), i * c.nHeads);
+    }
+    return { config: { ...a.config }, prompts, gates };
+  }
+
+  /** Index into the adapter's per-block tensors, or -1 when block `layer` is not adapted. */
+  adapterIndex(layer: number): number {
+    const a = this.adapter;
+    if (!a || layer < a.first) return -1;
+    return layer - a.first;
+  }
+
+  /** Records the embedding of `T` tokens per row for B rows into `x` (B*T, C). */
+  embed(tokens: Tensor, x: Tensor, offset = 0): void {
+    embeddingForward(this.gpu, tokens, this.weights.tokEmbedding, x, offset);
+  }
+
+  /** Records the prompt keys and values of an adapted block: P wk^T and P wv^T, (L, Hkv, D). */
+  promptKeysValues(layer: number, promptK: Tensor, promptV: Tensor): void {
+    const i = this.adapterIndex(layer);
+    const a = this.adapter!;
+    const w = this.weights.layers[layer];
+    const L = a.config.length, kvDim = this.config.nKvHeads * headDim(this.config);
+    matmul(this.gpu, a.prompts[i], w.wk, as2d(promptK, L, kvDim));
+    matmul(this.gpu, a.prompts[i], w.wv, as2d(promptV, L, kvDim));
+  }
+
+  /**
+   * Records block `layer` on `acts.x` (B rows of T tokens at positions pos0..), writing every
+   * activation that backward reads, and the block output into `out` (M, C). With a cache, keys and
+   * values are written into it at rows pos0.. and attention reads the cache (B must be 1).
+   */
+  blockForward(
+    layer: number,
+    acts: BlockActivations,
+    out: Tensor,
+    B: number,
+    T: number,
+    pos0: number,
+    cache?: KvCache,
+  ): void {
+    const gpu = this.gpu, c = this.config, w: GpuLayer = this.weights.layers[layer];
+    const M = B * T, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads;
+    const rope = { layout: c.ropeLayout, theta: c.ropeTheta, pos0 };
+
+    rmsnormForward(gpu, acts.x, w.attnNorm, acts.xn1, acts.rstd1, c.normEps);
+
+    matmul(gpu, acts.xn1, w.wq, as2d(acts.q, M, H * D));
+    matmul(gpu, acts.xn1, w.wk, as2d(acts.k, M, Hkv * D));
+    matmul(gpu, acts.xn1, w.wv, as2d(acts.v, M, Hkv * D));
+    ropeForward(gpu, acts.q, acts.q, rope);
+    ropeForward(gpu, acts.k, acts.k, rope);
+
+    let keys = acts.k, values = acts.v;
+    if (cache) {
+      const rowBytes = Hkv * D * 4;
+      gpu.copy(acts.k, 0, cache.k, pos0 * rowBytes, T * rowBytes);
+      gpu.copy(acts.v, 0, cache.v, pos0 * rowBytes, T * rowBytes);
+      keys = cache.k;
+      values = cache.v;
+    }
+
+    const ai = this.adapterIndex(layer);
+    let prompt = undefined;
+    if (ai >= 0) {
+      this.promptKeysValues(layer, acts.promptK, acts.promptV);
+      prompt = { keys: acts.promptK, values: acts.promptV, gate: this.adapter!.gates[ai] };
+    }
+    attentionForward(gpu, {
+      q: acts.q,
+      k: keys,
+      v: values,
+      out: acts.att,
+      lse: acts.lse,
+      promptLse: prompt ? acts.lsePrompt : undefined,
+      pos0,
+      prompt,
+    });
+
+    gpu.copy(acts.x, 0, acts.xMid, 0, M * c.dim * 4);
+    matmul(gpu, as2d(acts.att, M, H * D), w.wo, acts.xMid, { accumulate: true });
+
+    rmsnormForward(gpu, acts.xMid, w.ffnNorm, acts.xn2, acts.rstd2, c.normEps);
+    matmul(gpu, acts.xn2, w.w1, acts.a);
+    matmul(gpu, acts.xn2, w.w3, acts.u);
+    swigluForward(gpu, acts.a, acts.u, acts.h);
+
+    if (out !== acts.xMid) gpu.copy(acts.xMid, 0, out, 0, M * c.dim * 4);
+    matmul(gpu, acts.h, w.w2, out, { accumulate: true });
+  }
+
+  /** Records the final norm and output projection: logits (M, V) from x (M, C). */
+  head(x: Tensor, xn: Tensor, rstd: Tensor, logits: Tensor): void {
+    rmsnormForward(this.gpu, x, this.weights.norm, xn, rstd, this.config.normEps);
+    matmul(this.gpu, xn, this.weights.output, logits);
+  }
+}

@@ -1,0 +1,299 @@
+/**
+ * Fine-tuning end to end: open the base model, read the data, create or resume the adapter, train,
+ * and write the adapter, checkpoints, metrics, a loss plot and a summary into the output folder.
+ *
+ *     <out>/adapter.safetensors   the final adapter (what `generate --adapter` takes)
+ *     <out>/checkpoints/step-N/   resumable checkpoints (the newest `keep`)
+ *     <out>/metrics.jsonl         one JSON record per logged step
+ *     <out>/loss.svg              training and validation loss curves
+ *     <out>/summary.json          settings, counts, timings and final losses
+ */
+import { loadTrainingData, summarizeStats } from "../data/dataset.ts";
+import type { TemplateName } from "../data/templates.ts";
+import {
+  type Adapter,
+  adapterParameterCount,
+  defaultAdapterLayers,
+  initAdapter,
+} from "../model/adapter.ts";
+import { encodeAdapter, readAdapterFile, saveAdapter } from "../model/adapter_file.ts";
+import type { WeightStorage } from "../model/gpu_weights.ts";
+import { openModel } from "../model/open.ts";
+import { TrainGraph } from "../model/train_graph.ts";
+import { writeFileAtomic } from "./atomic.ts";
+import {
+  encodeMoments,
+  listCheckpoints,
+  readMoments,
+  readState,
+  type TrainState,
+  writeCheckpoint,
+} from "./checkpoint.ts";
+import { MetricsLog, readMetrics } from "./metrics.ts";
+import { lossPlotSvg } from "./plot.ts";
+import { scaledLearningRate } from "./schedule.ts";
+import { Trainer, type TrainResult } from "./trainer.ts";
+
+/** Options of `finetune`, as the command line gives them. */
+export interface FinetuneOptions {
+  model: string;
+  tokenizer?: string;
+  weights?: WeightStorage;
+  data: string;
+  valData?: string;
+  valFraction?: number;
+  out: string;
+  adapterLayers?: number;
+  adapterLen: number;
+  epochs: number;
+  maxSteps?: number;
+  batchSize: number;
+  gradAccum: number;
+  lr?: number;
+  minLr: number;
+  warmupSteps?: number;
+  warmupEpochs?: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  clipGrad: number;
+  maxSeqLen: number;
+  onLong: "truncate" | "skip";
+  onBadRecord: "skip" | "fail";
+  template: TemplateName;
+  seed: number;
+  logEvery: number;
+  evalEvery: number;
+  saveEvery: number;
+  keep: number;
+  resume: boolean;
+  recompute: boolean;
+  quiet?: boolean;
+}
+
+/** What `finetune` produced. */
+export interface FinetuneResult {
+  adapterPath: string;
+  result: TrainResult;
+  summary: Record<string, unknown>;
+}
+
+/** Settings that must match when resuming. */
+function resumeKey(o: FinetuneOptions, layers: number): Record<string, unknown> {
+  return {
+    data: o.data,
+    adapterLayers: layers,
+    adapterLen: o.adapterLen,
+    batchSize: o.batchSize,
+    gradAccum: o.gradAccum,
+    maxSeqLen: o.maxSeqLen,
+    seed: o.seed,
+    template: o.template,
+  };
+}
+
+/** Fine-tunes an adapter; see the module comment for what is written. */
+export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
+  const log = (m: string) => {
+    if (!o.quiet) console.error(m);
+  };
+  const opened = await openModel({
+    model: o.model,
+    tokenizer: o.tokenizer,
+    weights: o.weights,
+    log: !o.quiet,
+  });
+  const { gpu, llama, checkpoint, fingerprint } = opened;
+  const tokenizer = opened.tokenizer!;
+  const config = checkpoint.config;
+  if (o.maxSeqLen > config.maxSeqLen) {
+    throw new Error(
+      `--max-seq-len ${o.maxSeqLen} exceeds the model's context of ${config.maxSeqLen} tokens`,
+    );
+  }
+
+  const data = await loadTrainingData(o.data, {
+    tokenizer,
+    maxSeqLen: o.maxSeqLen,
+    template: o.template,
+    overLength: o.onLong,
+    onBadRecord: o.onBadRecord,
+    valFraction: o.valData ? 0 : o.valFraction,
+    valPath: o.valData,
+    seed: o.seed,
+    onReport: (bad) => log(`warning: ${bad.file}:${bad.line}: ${bad.message} (skipped)`),
+  });
+  log(`data ${o.data}: ${summarizeStats(data.trainStats, o.maxSeqLen)}`);
+  if (data.valStats) log(`validation ${o.valData}: ${summarizeStats(data.valStats, o.maxSeqLen)}`);
+
+  const layers = o.adapterLayers ?? defaultAdapterLayers(config);
+  const adapterConfig = { layers, length: o.adapterLen };
+  await Deno.mkdir(o.out, { recursive: true });
+
+  // A fresh adapter, or the newest checkpoint when resuming.
+  let adapter: Adapter = initAdapter(config, adapterConfig, o.seed);
+  let resumeDir: string | null = null;
+  let state: TrainState | null = null;
+  if (o.resume) {
+    const names = await listCheckpoints(o.out);
+    if (!names.length) {
+      throw new Error(
+        `--resume: no checkpoint found in ${o.out}/checkpoints; start without --resume`,
+      );
+    }
+    resumeDir = `${o.out}/checkpoints/${names[names.length - 1]}`;
+    state = await readState(resumeDir);
+    const expected = resumeKey(o, layers);
+    for (const [k, v] of Object.entries(expected)) {
+      if (JSON.stringify(state.settings[k]) !== JSON.stringify(v)) {
+        throw new Error(
+          `--resume: checkpoint ${resumeDir} was written with ${k} = ` +
+            `${JSON.stringify(state.settings[k])}, this run has ${JSON.stringify(v)}; ` +
+            `use the same options or a new --out`,
+        );
+      }
+    }
+    const file = await readAdapterFile(`${resumeDir}/adapter.safetensors`);
+    adapter = file.adapter;
+    log(`resuming from ${resumeDir} at step ${state.step}`);
+  }
+  llama.setAdapter(adapter);
+
+  const graph = new TrainGraph(llama, {
+    maxBatch: o.batchSize,
+    maxSeqLen: Math.max(
+      2,
+      ...data.train.map((e) => e.ids.length),
+      ...data.val.map((e) => e.ids.length),
+    ),
+    recompute: o.recompute,
+  });
+
+  const effectiveBatch = o.batchSize * o.gradAccum;
+  const lr = o.lr ?? scaledLearningRate(effectiveBatch);
+  const stepsPerEpoch = Math.max(
+    1,
+    Math.ceil(Math.ceil(data.train.length / o.batchSize) / o.gradAccum),
+  );
+  const totalSteps = o.maxSteps ?? Math.max(1, Math.round(o.epochs * stepsPerEpoch));
+  const warmupSteps = o.warmupSteps ??
+    Math.round((o.warmupEpochs ?? Math.min(2, 0.4 * o.epochs)) * stepsPerEpoch);
+
+  const trainer = new Trainer(graph, data.train, {
+    batchSize: o.batchSize,
+    gradAccum: o.gradAccum,
+    schedule: { lr, minLr: o.minLr, warmupSteps: Math.min(warmupSteps, totalSteps), totalSteps },
+    weightDecay: o.weightDecay,
+    beta1: o.beta1,
+    beta2: o.beta2,
+    eps: 1e-8,
+    clipGrad: o.clipGrad,
+    seed: o.seed,
+    logEvery: o.logEvery,
+    evalEvery: o.evalEvery,
+    saveEvery: o.saveEvery,
+    evalBatchSize: o.batchSize,
+  });
+  if (resumeDir) trainer.restoreMoments(await readMoments(`${resumeDir}/optimizer.safetensors`));
+
+  state ??= {
+    step: 0,
+    position: { epoch: 0, index: 0 },
+    totalSteps,
+    settings: resumeKey(o, layers),
+    bestValLoss: null,
+    tokens: 0,
+    seconds: 0,
+  };
+  state.totalSteps = totalSteps;
+
+  const paramCount = adapterParameterCount(config, adapterConfig);
+  log(
+    `adapter: ${layers} of ${config.nLayers} blocks, prompt length ${o.adapterLen}, ` +
+      `${paramCount} trainable parameters; ${totalSteps} steps of ${effectiveBatch} examples, ` +
+      `peak lr ${lr.toExponential(3)}, ${trainer.settings.schedule.warmupSteps} warm-up steps`,
+  );
+
+  const meta = (step: number) => ({
+    template: data.template,
+    baseModel: o.model,
+    fingerprint,
+    extra: { step: String(step), data: o.data, tokenizer: tokenizer.source },
+  });
+  const metrics = await MetricsLog.open(`${o.out}/metrics.jsonl`, o.resume);
+  let result: TrainResult;
+  try {
+    result = await trainer.run(state, data.val, metrics, {
+      save: async (s, moments) => {
+        const current = await llama.readAdapter();
+        const m: { name: string; shape: number[]; m: Float32Array; v: Float32Array }[] = [];
+        for (const x of moments) {
+          m.push({
+            name: x.name,
+            shape: x.shape,
+            m: await gpu.readF32(x.m),
+            v: await gpu.readF32(x.v),
+          });
+        }
+        await writeCheckpoint(o.out, s, [
+          { name: "adapter.safetensors", bytes: encodeAdapter(config, current, meta(s.step)) },
+          { name: "optimizer.safetensors", bytes: encodeMoments(m) },
+        ], o.keep);
+      },
+      log,
+    }, !o.quiet);
+  } finally {
+    metrics.close();
+  }
+
+  const adapterPath = `${o.out}/adapter.safetensors`;
+  if (result.stoppedBy === "done") {
+    await saveAdapter(adapterPath, config, await llama.readAdapter(), meta(result.state.step));
+  }
+
+  const records = await readMetrics(`${o.out}/metrics.jsonl`);
+  const train = records.filter((r) => typeof r.loss === "number")
+    .map((r) => [r.step as number, r.loss as number] as [number, number]);
+  const val = records.filter((r) => typeof r.valLoss === "number")
+    .map((r) => [r.step as number, r.valLoss as number] as [number, number]);
+  await writeFileAtomic(
+    `${o.out}/loss.svg`,
+    lossPlotSvg(`LLaMA-Adapter fine-tuning: ${o.data.split("/").pop()}`, [
+      { name: "training", color: "#1f77b4", points: train },
+      { name: "validation", color: "#d62728", points: val },
+    ]),
+  );
+  const summary = {
+    model: o.model,
+    data: o.data,
+    adapter: adapterPath,
+    adapterLayers: layers,
+    adapterLen: o.adapterLen,
+    trainableParameters: paramCount,
+    steps: result.state.step,
+    examples: data.train.length,
+    validationExamples: data.val.length,
+    tokens: result.state.tokens,
+    seconds: result.state.seconds,
+    tokensPerSecond: result.state.tokens / Math.max(1e-9, result.state.seconds),
+    finalTrainLoss: train.length ? train[train.length - 1][1] : null,
+    finalValLoss: result.finalValLoss,
+    bestValLoss: result.state.bestValLoss,
+    stoppedBy: result.stoppedBy,
+    gpu: gpu.info.description,
+  };
+  await writeFileAtomic(`${o.out}/summary.json`, JSON.stringify(summary, null, 2) + "\n");
+  if (result.stoppedBy === "nan") {
+    throw new Error(
+      `training stopped: the loss is not finite at step ${result.state.step}; the last good ` +
+        `checkpoint is in ${o.out}/checkpoints`,
+    );
+  }
+  log(
+    `done: ${result.state.step} steps in ${result.state.seconds.toFixed(1)} s ` +
+      `(${summary.tokensPerSecond.toFixed(0)} tokens/s); final training loss ` +
+      `${summary.finalTrainLoss?.toFixed(4) ?? "-"}, validation loss ` +
+      `${result.finalValLoss?.toFixed(4) ?? "-"}; adapter written to ${adapterPath}`,
+  );
+  return { adapterPath, result, summary };
+}
