@@ -109,7 +109,7 @@ async function detectFile(path: string): Promise<[CheckpointFormat, string]> {
 
 /**
  * Loads a checkpoint lazily (tensors are read when first used), detecting its format from `path`
- * unless `options.format` is given. Throws when the path is missing or holds no recognised
+ * unless `options.format` is given. Throws when the path is missing or contains no recognised
  * checkpoint, listing the formats looked for, and otherwise with the loader's error, which names
  * the file and the tensor.
  *

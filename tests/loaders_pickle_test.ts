@@ -5,7 +5,7 @@ import { pickle, tensorTable, zip } from "./loaders_writers.ts";
 
 const ascii = (s: string) => Uint8Array.from(s, (c) => c.charCodeAt(0));
 
-/** A protocol 2 pickle that runs `os.system(command)` when Python loads it. */
+/** Returns a protocol 2 pickle that runs `os.system(command)` when Python loads it. */
 function systemCall(command: string): Uint8Array {
   const cmd = new TextEncoder().encode(command);
   const len = new Uint8Array(4);

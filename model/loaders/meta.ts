@@ -5,7 +5,7 @@
  *
  * Shards are merged the way Meta's model-parallel layers split them: column-parallel weights (wq,
  * wk, wv, w1, w3, output) are split along dim 0, row-parallel ones (wo, w2) along dim 1, the token
- * embedding along dim 1 (LLaMA 1 and 2) or dim 0 (LLaMA 3, told apart by the shard shapes), and
+ * embedding along dim 1 (LLaMA 1 and 2) or dim 0 (LLaMA 3, detected from the shard shapes), and
  * norms are replicated. `rope.freqs` is ignored. Rotary pairs are interleaved (2i, 2i+1).
  */
 import { fmtShape, numel } from "../../kernels/device.ts";
@@ -27,7 +27,7 @@ export const META_DEFAULT_MAX_SEQ_LEN = 2048;
 /** Tensors that Meta checkpoints may include and the model does not need. */
 const IGNORED = new Set(["rope.freqs"]);
 
-/** How a tensor is split across model-parallel shards: along a dim, or replicated. */
+/** Split of a tensor across model-parallel shards: the dim it is split along, or replicated. */
 type Split = 0 | 1 | "replicated";
 
 function splitOf(canonical: string): Split {
@@ -309,7 +309,7 @@ export async function loadMeta(dir: string, options: MetaOptions = {}): Promise<
   });
   const shards = await Promise.all(shardNames.map((name) => readShard(`${dir}/${name}`)));
 
-  // Every shard must hold the same tensors.
+  // Every shard must contain the same tensors.
   const names = [...shards[0].keys()];
   for (const [i, shard] of shards.entries()) {
     for (const name of names) {

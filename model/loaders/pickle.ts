@@ -422,7 +422,7 @@ function reduce(callable: PickleValue, args: PickleValue, fail: (m: string) => n
 
 /**
  * Reads the tensor table that `torch.save` writes for a state dict: a dict (or OrderedDict) from
- * tensor names to tensors. Throws naming `source` if the pickle holds anything else.
+ * tensor names to tensors. Throws naming `source` if the pickle contains anything else.
  */
 export function readTensorTable(bytes: Uint8Array, source: string): Map<string, TensorRef> {
   const value = unpickle(bytes, source);

@@ -8,7 +8,7 @@ import { fmtShape, numel } from "../../kernels/device.ts";
 import type { WeightDType, WeightSource } from "../weights.ts";
 import { ByteFile, fileTensor } from "./file.ts";
 
-/** Largest header accepted, in bytes; the reference safetensors implementation uses the same limit. */
+/** Largest header accepted, in bytes: the limit of Hugging Face's safetensors library. */
 export const MAX_HEADER_BYTES = 100_000_000;
 
 /** Element sizes of every dtype the safetensors format defines. */
