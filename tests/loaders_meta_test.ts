@@ -97,7 +97,7 @@ interface SynthTensor {
 async function writeMeta(
   params: Record<string, unknown>,
   list: SynthTensor[],
-  options: { method?: number; pickleBytes?: Uint8Array } = {},
+  options: { method?: number; pickleBytes?: Uint8Array; zip64?: boolean } = {},
 ): Promise<string> {
   const entries = [];
   const table: TableTensor[] = [];
@@ -128,7 +128,7 @@ async function writeMeta(
     { name: "consolidated.00/data.pkl", data: pkl, method: options.method },
     { name: "consolidated.00/byteorder", data: new TextEncoder().encode("little") },
     ...entries,
-  ]);
+  ], { zip64: options.zip64 });
   const dir = await Deno.makeTempDir();
   await Deno.writeTextFile(`${dir}/params.json`, JSON.stringify(params));
   await Deno.writeFile(`${dir}/consolidated.00.pth`, archive);
@@ -182,6 +182,15 @@ Deno.test("meta reads strided tensor", async () => {
   assert.deepEqual(await w.layers[0].w2.readF32(), w2.values);
   assert.deepEqual(await w.layers[0].w1.readF32(), list[8].values);
   assert.equal(w.layers[0].w1.readHalf, undefined);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("meta reads zip64 archive", async () => {
+  const list = smallModel();
+  const dir = await writeMeta(SMALL, list, { zip64: true });
+  const w = await loadMeta(dir);
+  assert.deepEqual(await w.tokEmbedding.readF32(), list[0].values);
+  assert.deepEqual(await w.output!.readF32(), list[12].values);
   await Deno.remove(dir, { recursive: true });
 });
 

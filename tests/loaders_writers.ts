@@ -168,48 +168,91 @@ export interface ZipEntry {
   method?: number;
 }
 
-/** Writes a zip archive of stored entries (CRC fields are left zero). */
-export function zip(entries: ZipEntry[]): Uint8Array {
+/**
+ * Writes a zip archive of stored entries (CRC fields are left zero). With `zip64`, every size and
+ * offset is written as 0xFFFFFFFF with its value in a zip64 extra field, and the end records are
+ * the zip64 ones, as a writer does for archives over 4 GiB.
+ */
+export function zip(entries: ZipEntry[], { zip64 = false } = {}): Uint8Array {
   const chunks: Uint8Array[] = [];
   const central: Uint8Array[] = [];
+  const FULL = 0xffffffff;
   let offset = 0;
   for (const e of entries) {
     const name = new TextEncoder().encode(e.name);
-    const local = new Uint8Array(30 + name.length);
+    const localExtra = zip64 ? 20 : 0;
+    const local = new Uint8Array(30 + name.length + localExtra);
     const lv = new DataView(local.buffer);
     lv.setUint32(0, 0x04034b50, true);
-    lv.setUint16(4, 20, true);
+    lv.setUint16(4, zip64 ? 45 : 20, true);
     lv.setUint16(8, e.method ?? 0, true);
-    lv.setUint32(18, e.data.length, true);
-    lv.setUint32(22, e.data.length, true);
+    lv.setUint32(18, zip64 ? FULL : e.data.length, true);
+    lv.setUint32(22, zip64 ? FULL : e.data.length, true);
     lv.setUint16(26, name.length, true);
+    lv.setUint16(28, localExtra, true);
     local.set(name, 30);
+    if (zip64) {
+      const at = 30 + name.length;
+      lv.setUint16(at, 0x0001, true);
+      lv.setUint16(at + 2, 16, true);
+      lv.setBigUint64(at + 4, BigInt(e.data.length), true);
+      lv.setBigUint64(at + 12, BigInt(e.data.length), true);
+    }
 
-    const cd = new Uint8Array(46 + name.length);
+    const centralExtra = zip64 ? 28 : 0;
+    const cd = new Uint8Array(46 + name.length + centralExtra);
     const cv = new DataView(cd.buffer);
     cv.setUint32(0, 0x02014b50, true);
-    cv.setUint16(4, 20, true);
-    cv.setUint16(6, 20, true);
+    cv.setUint16(4, zip64 ? 45 : 20, true);
+    cv.setUint16(6, zip64 ? 45 : 20, true);
     cv.setUint16(10, e.method ?? 0, true);
-    cv.setUint32(20, e.data.length, true);
-    cv.setUint32(24, e.data.length, true);
+    cv.setUint32(20, zip64 ? FULL : e.data.length, true);
+    cv.setUint32(24, zip64 ? FULL : e.data.length, true);
     cv.setUint16(28, name.length, true);
-    cv.setUint32(42, offset, true);
+    cv.setUint16(30, centralExtra, true);
+    cv.setUint32(42, zip64 ? FULL : offset, true);
     cd.set(name, 46);
+    if (zip64) {
+      const at = 46 + name.length;
+      cv.setUint16(at, 0x0001, true);
+      cv.setUint16(at + 2, 24, true);
+      cv.setBigUint64(at + 4, BigInt(e.data.length), true);
+      cv.setBigUint64(at + 12, BigInt(e.data.length), true);
+      cv.setBigUint64(at + 20, BigInt(offset), true);
+    }
 
     chunks.push(local, e.data);
     central.push(cd);
     offset += local.length + e.data.length;
   }
   const cdSize = central.reduce((a, c) => a + c.length, 0);
+  const ends: Uint8Array[] = [];
+  if (zip64) {
+    const record = new Uint8Array(56);
+    const rv = new DataView(record.buffer);
+    rv.setUint32(0, 0x06064b50, true);
+    rv.setBigUint64(4, 44n, true);
+    rv.setUint16(12, 45, true);
+    rv.setUint16(14, 45, true);
+    rv.setBigUint64(24, BigInt(entries.length), true);
+    rv.setBigUint64(32, BigInt(entries.length), true);
+    rv.setBigUint64(40, BigInt(cdSize), true);
+    rv.setBigUint64(48, BigInt(offset), true);
+    const locator = new Uint8Array(20);
+    const lv = new DataView(locator.buffer);
+    lv.setUint32(0, 0x07064b50, true);
+    lv.setBigUint64(8, BigInt(offset + cdSize), true);
+    lv.setUint32(16, 1, true);
+    ends.push(record, locator);
+  }
   const end = new Uint8Array(22);
   const ev = new DataView(end.buffer);
   ev.setUint32(0, 0x06054b50, true);
-  ev.setUint16(8, entries.length, true);
-  ev.setUint16(10, entries.length, true);
-  ev.setUint32(12, cdSize, true);
-  ev.setUint32(16, offset, true);
-  const all = [...chunks, ...central, end];
+  ev.setUint16(8, zip64 ? 0xffff : entries.length, true);
+  ev.setUint16(10, zip64 ? 0xffff : entries.length, true);
+  ev.setUint32(12, zip64 ? FULL : cdSize, true);
+  ev.setUint32(16, zip64 ? FULL : offset, true);
+  const all = [...chunks, ...central, ...ends, end];
   const out = new Uint8Array(all.reduce((a, c) => a + c.length, 0));
   let at = 0;
   for (const c of all) {
