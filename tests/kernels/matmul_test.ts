@@ -1,0 +1,321 @@
+import assert from "node:assert/strict";
+import { type GpuInfo, KernelError, type Tensor } from "../../kernels/device.ts";
+import {
+  GPU_TILES,
+  matmul,
+  matmulGradInput,
+  matmulGradWeight,
+  matmulNaive,
+  matmulTiles,
+  SOFTWARE_TILES,
+} from "../../kernels/matmul.ts";
+import { packHalf, unpackHalf } from "../../kernels/pack.ts";
+import {
+  matmulGradInputRef,
+  matmulGradWeightRef,
+  matmulRef,
+} from "../../model/reference/matmul.ts";
+import { assertClose, gpuTest, testRng } from "../helpers.ts";
+import type { Gpu } from "../../kernels/device.ts";
+
+type WeightType = "f32" | "bf16" | "f16";
+
+/**
+ * Tolerance of an f32 kernel against the float64 reference. With unit-normal inputs an output is
+ * about sqrt(K) in size and f32 accumulation errs by about sqrt(K) * 6e-8 of that, so a relative
+ * 1e-5 (K < 64) or 3e-5 (longer reductions), with the same bound in absolute terms scaled by
+ * sqrt(K) for outputs that cancel to near zero, leaves a wide margin and still catches a dropped
+ * or doubled term.
+ */
+function tolerance(K: number): { rtol: number; atol: number } {
+  const rtol = K < 64 ? 1e-5 : 3e-5;
+  return { rtol, atol: rtol * Math.sqrt(Math.max(K, 1)) };
+}
+
+/** Uploads a weight in `dtype` and returns the tensor with the values the GPU will read. */
+function uploadWeight(
+  gpu: Gpu,
+  values: Float32Array,
+  shape: number[],
+  dtype: WeightType,
+): { tensor: Tensor; stored: Float32Array } {
+  if (dtype === "f32") return { tensor: gpu.upload(values, shape, "f32", "w"), stored: values };
+  const packed = packHalf(values, dtype);
+  return { tensor: gpu.upload(packed, shape, dtype, "w"), stored: unpackHalf(packed, dtype) };
+}
+
+/** Adds `base` into `product` scaled by nothing (accumulate) and scales the product by alpha. */
+function expectedOutput(
+  product: Float64Array,
+  alpha: number,
+  base: Float32Array | null,
+): Float64Array {
+  const out = new Float64Array(product.length);
+  for (let i = 0; i < out.length; i++) out[i] = alpha * product[i] + (base ? base[i] : 0);
+  return out;
+}
+
+const SHAPES: [number, number, number][] = [
+  [7, 13, 17],
+  [33, 65, 3],
+  [70, 130, 129],
+  [1, 65, 64],
+  [33, 1, 1],
+];
+
+for (const dtype of ["f32", "bf16", "f16"] as const) {
+  gpuTest(`matmul matches reference, ${dtype} weights`, async (gpu) => {
+    const rng = testRng();
+    for (const [M, N, K] of SHAPES) {
+      for (const accumulate of [false, true]) {
+        const alpha = accumulate ? 0.75 : 1;
+        const x = rng.normals(M * K);
+        const w = uploadWeight(gpu, rng.normals(N * K), [N, K], dtype);
+        const y0 = rng.normals(M * N);
+        const y = gpu.upload(y0, [M, N], "f32", "y");
+        matmul(gpu, gpu.upload(x, [M, K], "f32", "x"), w.tensor, y, { accumulate, alpha });
+        const expected = expectedOutput(
+          matmulRef(x, w.stored, M, N, K),
+          alpha,
+          accumulate ? y0 : null,
+        );
+        assertClose(
+          await gpu.readF32(y),
+          expected,
+          `matmul ${dtype} M=${M} N=${N} K=${K} accumulate=${accumulate} seed ${rng.seed}`,
+          tolerance(K),
+        );
+      }
+    }
+  });
+
+  gpuTest(`matmulGradInput matches reference, ${dtype} weights`, async (gpu) => {
+    const rng = testRng();
+    for (const [M, N, K] of SHAPES) {
+      for (const accumulate of [false, true]) {
+        const dy = rng.normals(M * N);
+        const w = uploadWeight(gpu, rng.normals(N * K), [N, K], dtype);
+        const dx0 = rng.normals(M * K);
+        const dx = gpu.upload(dx0, [M, K], "f32", "dx");
+        matmulGradInput(gpu, gpu.upload(dy, [M, N], "f32", "dy"), w.tensor, dx, { accumulate });
+        const expected = expectedOutput(
+          matmulGradInputRef(dy, w.stored, M, N, K),
+          1,
+          accumulate ? dx0 : null,
+        );
+        assertClose(
+          await gpu.readF32(dx),
+          expected,
+          `matmulGradInput ${dtype} M=${M} N=${N} K=${K} accumulate=${accumulate} seed ${rng.seed}`,
+          tolerance(N),
+        );
+      }
+    }
+  });
+}
+
+gpuTest("matmulGradWeight matches reference", async (gpu) => {
+  const rng = testRng();
+  for (const [M, N, K] of SHAPES) {
+    for (const accumulate of [false, true]) {
+      const alpha = accumulate ? 1 : -0.5;
+      const dy = rng.normals(M * N);
+      const x = rng.normals(M * K);
+      const dw0 = rng.normals(N * K);
+      const dw = gpu.upload(dw0, [N, K], "f32", "dw");
+      matmulGradWeight(
+        gpu,
+        gpu.upload(dy, [M, N], "f32", "dy"),
+        gpu.upload(x, [M, K], "f32", "x"),
+        dw,
+        { accumulate, alpha },
+      );
+      const expected = expectedOutput(
+        matmulGradWeightRef(dy, x, M, N, K),
+        alpha,
+        accumulate ? dw0 : null,
+      );
+      assertClose(
+        await gpu.readF32(dw),
+        expected,
+        `matmulGradWeight M=${M} N=${N} K=${K} accumulate=${accumulate} seed ${rng.seed}`,
+        tolerance(M),
+      );
+    }
+  }
+});
+
+// The staged (workgroup-memory) path is what discrete GPUs run; check it here on any adapter.
+gpuTest("matmul staged tiles match reference", async (gpu) => {
+  const rng = testRng();
+  const tiles = matmulTiles({ ...gpu.info, isSoftware: false });
+  for (const [M, N, K] of [[70, 130, 37], [1, 67, 16], [17, 5, 33]]) {
+    const x = rng.normals(M * K);
+    const dy = rng.normals(M * N);
+    const w = uploadWeight(gpu, rng.normals(N * K), [N, K], "bf16");
+    const xT = gpu.upload(x, [M, K], "f32", "x");
+    const dyT = gpu.upload(dy, [M, N], "f32", "dy");
+    const y = gpu.tensor([M, N], "f32", "y");
+    const dx = gpu.tensor([M, K], "f32", "dx");
+    const dwT = gpu.tensor([N, K], "f32", "dw");
+    matmul(gpu, xT, w.tensor, y, { tiles });
+    matmulGradInput(gpu, dyT, w.tensor, dx, { tiles });
+    matmulGradWeight(gpu, dyT, xT, dwT, { tiles });
+    const what = `staged M=${M} N=${N} K=${K} seed ${rng.seed}`;
+    assertClose(await gpu.readF32(y), matmulRef(x, w.stored, M, N, K), `matmul ${what}`, {
+      ...tolerance(K),
+    });
+    assertClose(
+      await gpu.readF32(dx),
+      matmulGradInputRef(dy, w.stored, M, N, K),
+      `matmulGradInput ${what}`,
+      tolerance(N),
+    );
+    assertClose(
+      await gpu.readF32(dwT),
+      matmulGradWeightRef(dy, x, M, N, K),
+      `matmulGradWeight ${what}`,
+      tolerance(M),
+    );
+  }
+});
+
+for (const dtype of ["f32", "bf16"] as const) {
+  gpuTest(`matmulNaive matches reference, ${dtype} weights`, async (gpu) => {
+    const rng = testRng();
+    for (const [M, N, K] of [[7, 13, 17], [33, 65, 64], [1, 130, 3]]) {
+      const x = rng.normals(M * K);
+      const w = uploadWeight(gpu, rng.normals(N * K), [N, K], dtype);
+      const y = gpu.tensor([M, N], "f32", "y");
+      matmulNaive(gpu, gpu.upload(x, [M, K], "f32", "x"), w.tensor, y);
+      assertClose(
+        await gpu.readF32(y),
+        matmulRef(x, w.stored, M, N, K),
+        `matmulNaive ${dtype} M=${M} N=${N} K=${K} seed ${rng.seed}`,
+        tolerance(K),
+      );
+    }
+  });
+}
+
+gpuTest("matmulTiles picks tiles per adapter", (gpu) => {
+  const software: GpuInfo = { ...gpu.info, isSoftware: true };
+  assert.deepEqual(matmulTiles(software), SOFTWARE_TILES);
+
+  const discrete: GpuInfo = {
+    ...gpu.info,
+    isSoftware: false,
+    maxComputeInvocationsPerWorkgroup: 1024,
+    maxComputeWorkgroupStorageSize: 32768,
+  };
+  assert.deepEqual(matmulTiles(discrete), GPU_TILES);
+
+  const small: GpuInfo = {
+    ...discrete,
+    maxComputeInvocationsPerWorkgroup: 64,
+    maxComputeWorkgroupStorageSize: 2048,
+  };
+  const tiles = matmulTiles(small);
+  assert.ok(
+    tiles.wgRows * tiles.wgCols <= 64,
+    `tiles ${JSON.stringify(tiles)} over 64 invocations`,
+  );
+  const staged = 4 * tiles.depth * (tiles.wgRows * tiles.rows + tiles.wgCols * tiles.cols);
+  assert.ok(staged <= 2048, `tiles ${JSON.stringify(tiles)} stage ${staged} bytes`);
+  assert.ok(tiles.depth >= 1);
+  return Promise.resolve();
+});
+
+gpuTest("matmul rejects mismatched shapes", async (gpu) => {
+  const x = gpu.tensor([4, 8], "f32", "x");
+  const w = gpu.tensor([5, 9], "f32", "w");
+  const y = gpu.tensor([4, 5], "f32", "y");
+  assert.throws(
+    () => matmul(gpu, x, w, y),
+    (e: unknown) =>
+      e instanceof KernelError && /^matmul: tensor 'w' has shape \[5, 9\], expected \[5, 8\]/
+        .test(e.message),
+  );
+  const dy = gpu.tensor([4, 5], "f32", "dy");
+  const dx = gpu.tensor([4, 7], "f32", "dx");
+  assert.throws(
+    () => matmulGradInput(gpu, dy, gpu.tensor([5, 8], "f32", "w"), dx),
+    (e: unknown) =>
+      e instanceof KernelError &&
+      /^matmulGradInput: tensor 'dx' has shape \[4, 7\], expected \[4, 8\]/.test(e.message),
+  );
+  assert.throws(
+    () => matmulGradWeight(gpu, dy, x, gpu.tensor([5, 8], "bf16", "dw")),
+    (e: unknown) =>
+      e instanceof KernelError &&
+      /^matmulGradWeight: tensor 'dw' has dtype bf16, expected f32/.test(e.message),
+  );
+  assert.throws(
+    () => matmulNaive(gpu, x, gpu.tensor([5, 8], "u32", "w"), y),
+    (e: unknown) =>
+      e instanceof KernelError && /^matmulNaive: tensor 'w' has dtype u32/.test(e.message),
+  );
+  await gpu.sync();
+});
+
+gpuTest("matmul rejects tiles over device limits", async (gpu) => {
+  const x = gpu.tensor([4, 8], "f32", "x");
+  const w = gpu.tensor([5, 8], "f32", "w");
+  const y = gpu.tensor([4, 5], "f32", "y");
+  const tooWide = { ...SOFTWARE_TILES, wgCols: gpu.info.maxComputeInvocationsPerWorkgroup * 2 };
+  assert.throws(
+    () => matmul(gpu, x, w, y, { tiles: tooWide }),
+    (e: unknown) => e instanceof KernelError && /invocations per workgroup/.test(e.message),
+  );
+  const tooDeep = { ...GPU_TILES, depth: gpu.info.maxComputeWorkgroupStorageSize };
+  assert.throws(
+    () => matmul(gpu, x, w, y, { tiles: tooDeep }),
+    (e: unknown) => e instanceof KernelError && /workgroup memory/.test(e.message),
+  );
+  await gpu.sync();
+});
+
+gpuTest("matmul over workgroup limit throws before dispatch", async (gpu) => {
+  // Tensors whose shapes claim billions of rows but share one tiny buffer: the launcher must throw
+  // from the workgroup-count check before any GPU work is recorded.
+  const tiny = gpu.tensor([4], "f32", "tiny");
+  const fake = (shape: number[], label: string): Tensor => ({
+    buffer: tiny.buffer,
+    shape,
+    dtype: "f32",
+    label,
+  });
+  const M = 2 ** 40;
+  const before = gpu.dispatchCount;
+  assert.throws(
+    () => matmul(gpu, fake([M, 1], "x"), fake([3, 1], "w"), fake([M, 3], "y")),
+    (e: unknown) =>
+      e instanceof KernelError && /^matmul: dispatch of \[\d+, \d+, 1\] workgroups exceeds/.test(
+        e.message,
+      ),
+  );
+  assert.equal(gpu.dispatchCount, before);
+  await gpu.sync();
+});
+
+gpuTest("tensor over buffer limit throws naming it", (gpu) => {
+  const limit = Math.min(gpu.info.maxBufferSize, gpu.info.maxStorageBufferBindingSize);
+  const rows = Math.ceil(limit / 4 / 1024) + 1;
+  assert.throws(
+    () => gpu.tensor([rows, 1024], "f32", "huge weight"),
+    (e: unknown) =>
+      e instanceof Error && e.message.includes(`tensor 'huge weight' of shape [${rows}, 1024]`),
+  );
+  return Promise.resolve();
+});
+
+gpuTest("WGSL error surfaces at next sync naming kernel", async (gpu) => {
+  gpu.pipeline("brokenKernel", "test", () => "@compute @workgroup_size(1) fn main() { let x = ; }");
+  await assert.rejects(() => gpu.sync(), (e: unknown) => {
+    assert.ok(e instanceof Error);
+    assert.match(e.message, /brokenKernel \(test\)/);
+    return true;
+  });
+  // The error is reported once; the device keeps working.
+  await gpu.sync();
+});
