@@ -9,9 +9,9 @@
  *   example is BOS + prompt (out of the loss) + output + EOS (in the loss), the prompt formatted
  *   by a named template (see templates.ts).
  * - pre-tokenised, as Hugging Face datasets write it: `input_ids` (integers below the vocabulary
- *   size) and optional `labels` of the same length, each -100 (out of the loss) or equal to the
- *   input id at the same index (labels are not shifted). Without labels every token is in the
- *   loss. An optional `attention_mask` drops the positions where it is 0. No BOS or EOS is added.
+ *   size) and optional `labels` of the same length. Each label is -100 (out of the loss) or the
+ *   input id at the same index, because labels are not shifted. Without labels every token is in
+ *   the loss. An optional `attention_mask` drops the positions where it is 0. No BOS or EOS is added.
  * - raw text: `text` (string). The example is BOS + text + EOS with every token after BOS in
  *   the loss.
  *
@@ -74,8 +74,9 @@ export interface DatasetStats {
   records: number;
   /** Whitespace-only lines of a JSON Lines file, skipped without counting as bad records. */
   blankLines: number;
+  /** Malformed records and syntax errors between the elements of an array. */
   badRecords: number;
-  /** The first `MAX_KEPT_BAD_RECORDS` malformed records. */
+  /** The first `MAX_KEPT_BAD_RECORDS` malformed records and syntax errors. */
   bad: BadRecord[];
   /** Examples cut to the maximum sequence length. */
   truncated: number;
@@ -395,6 +396,12 @@ export async function loadDataset(path: string, options: DatasetOptions): Promis
   for await (const item of readJsonItems(path, (format) => stats.fileFormat = format)) {
     if (item.kind === "blank") {
       stats.blankLines++;
+      continue;
+    }
+    if (item.kind === "syntax") {
+      // A syntax error between array elements is reported but is not a record, so it does not
+      // shift the indices that decide the validation split.
+      reportBad(item.line, item.message);
       continue;
     }
     const index = stats.records++;

@@ -5,7 +5,8 @@
  * alone with `JSON.parse`, so memory contains one element at a time.
  *
  * Problems inside the data (broken JSON, a missing comma, an unclosed array) come out as items of
- * kind "error" with the line where they start, and the caller decides whether to skip or stop.
+ * kind "error" or "syntax" with the line where they start, and the caller decides whether to skip
+ * or stop.
  * Only a missing file or a file that is neither format throws.
  */
 
@@ -17,10 +18,15 @@ export class DataError extends Error {
   }
 }
 
-/** One item of a data stream, with the 1-based line where it starts. */
+/**
+ * One item of a data stream, with the 1-based line where it starts. It is a parsed record, a
+ * record that failed to parse ("error"), a syntax error between the records of an array
+ * ("syntax") or a whitespace-only line of JSON Lines ("blank").
+ */
 export type JsonItem =
   | { kind: "value"; line: number; value: unknown }
   | { kind: "error"; line: number; message: string }
+  | { kind: "syntax"; line: number; message: string }
   | { kind: "blank"; line: number };
 
 /** Layout of a data file, detected from its first non-whitespace character. */
@@ -121,7 +127,7 @@ export class JsonArrayScanner {
         case State.BeforeArray:
           if (c === OPEN_BRACKET) this.#state = State.ExpectElement;
           else {
-            this.#error(this.#line, `expected '[' to open the array, found ${quoteChar(c)}`);
+            this.#syntaxError(this.#line, `expected '[' to open the array, found ${quoteChar(c)}`);
             this.#state = State.Stopped;
           }
           break;
@@ -129,11 +135,11 @@ export class JsonArrayScanner {
         case State.AfterComma:
           if (c === CLOSE_BRACKET) {
             if (this.#state === State.AfterComma) {
-              this.#error(this.#line, "trailing comma before ']'");
+              this.#syntaxError(this.#line, "trailing comma before ']'");
             }
             this.#state = State.AfterArray;
           } else if (c === COMMA) {
-            this.#error(this.#line, "empty element between commas");
+            this.#syntaxError(this.#line, "empty element between commas");
             this.#state = State.AfterComma;
           } else {
             this.#startElement(c);
@@ -145,14 +151,17 @@ export class JsonArrayScanner {
           if (c === COMMA) this.#state = State.AfterComma;
           else if (c === CLOSE_BRACKET) this.#state = State.AfterArray;
           else {
-            this.#error(this.#line, `expected ',' or ']' after an element, found ${quoteChar(c)}`);
+            this.#syntaxError(
+              this.#line,
+              `expected ',' or ']' after an element, found ${quoteChar(c)}`,
+            );
             this.#startElement(c);
             start = i;
             i--;
           }
           break;
         case State.AfterArray:
-          this.#error(this.#line, `unexpected ${quoteChar(c)} after the closing ']'`);
+          this.#syntaxError(this.#line, `unexpected ${quoteChar(c)} after the closing ']'`);
           this.#state = State.Stopped;
           break;
       }
@@ -167,7 +176,7 @@ export class JsonArrayScanner {
       case State.InElement:
         if (this.#scalar && !this.#inString) {
           this.#finishElement();
-          this.#error(this.#line, "unexpected end of file: missing ']' to close the array");
+          this.#syntaxError(this.#line, "unexpected end of file: missing ']' to close the array");
         } else {
           this.#error(
             this.#elementLine,
@@ -176,12 +185,12 @@ export class JsonArrayScanner {
         }
         break;
       case State.BeforeArray:
-        this.#error(this.#line, "unexpected end of file: expected '['");
+        this.#syntaxError(this.#line, "unexpected end of file: expected '['");
         break;
       case State.ExpectElement:
       case State.AfterComma:
       case State.AfterElement:
-        this.#error(this.#line, "unexpected end of file: missing ']' to close the array");
+        this.#syntaxError(this.#line, "unexpected end of file: missing ']' to close the array");
         break;
     }
     this.#state = State.Stopped;
@@ -210,6 +219,10 @@ export class JsonArrayScanner {
 
   #error(line: number, message: string): void {
     this.#out.push({ kind: "error", line, message });
+  }
+
+  #syntaxError(line: number, message: string): void {
+    this.#out.push({ kind: "syntax", line, message });
   }
 
   #take(): JsonItem[] {

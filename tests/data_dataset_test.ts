@@ -186,12 +186,17 @@ Deno.test("bad record fails with file and line", async () => {
 
 Deno.test("bad elements of a json array report their lines", async () => {
   const text = '[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "a"},\n' +
-    '  {"instruction": "a", "output": "b",},\n  {"instruction": "c", "output": "d"}\n]\n';
+    '  {"instruction": "a", "output": "b",},\n  {"instruction": "c", "output": "d"}\n' +
+    '  {"instruction": "e", "output": "f"}\n]\n';
   const path = await writeTemp("bad.json", text);
   const data = await loadDataset(path, { tokenizer, maxSeqLen: 512, onBadRecord: "skip" });
   assert.equal(data.stats.fileFormat, "array");
-  assert.equal(data.train.length, 2);
-  assert.deepEqual(data.stats.bad.map((b) => b.line), [3, 4]);
+  assert.equal(data.train.length, 3);
+  assert.deepEqual(data.stats.bad.map((b) => b.line), [3, 4, 6]);
+  assert.match(data.stats.bad[2].message, /expected ',' or '\]'/);
+  // The missing comma is reported but is not a record.
+  assert.equal(data.stats.records, 5);
+  assert.equal(data.stats.badRecords, 3);
   await assert.rejects(
     () => loadDataset(path, { tokenizer, maxSeqLen: 512 }),
     (e) => e instanceof DataError && e.line === 3,

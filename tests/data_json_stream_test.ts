@@ -88,7 +88,7 @@ Deno.test("json array reports a broken element and continues", async () => {
 Deno.test("json array reports a missing comma and recovers", async () => {
   const items = await collect(jsonArrayItems(['[\n{"a": 1}\n{"b": 2}\n]']));
   assert.deepEqual(items[0], { kind: "value", line: 2, value: { a: 1 } });
-  assert.equal(items[1].kind, "error");
+  assert.equal(items[1].kind, "syntax");
   assert.equal(items[1].line, 3);
   assert.match((items[1] as { message: string }).message, /expected ',' or '\]'/);
   assert.deepEqual(items[2], { kind: "value", line: 3, value: { b: 2 } });
@@ -96,20 +96,21 @@ Deno.test("json array reports a missing comma and recovers", async () => {
 });
 
 Deno.test("json array structural errors name their line", async () => {
-  const cases: [string, number, RegExp][] = [
-    ['[\n{"a": 1},\n]', 3, /trailing comma/],
-    ['[\n{"a": 1},\n\n', 4, /missing '\]'/],
-    ['[\n{"a": 1}', 2, /missing '\]'/],
-    ['[\n{"a": "unterminated}\n', 2, /inside this element/],
-    ['[\n{"a": 1}\n]\nextra', 4, /after the closing '\]'/],
-    ["[1,,2]", 1, /empty element/],
-    ["{", 1, /expected '\['/],
+  const cases: [string, number, JsonItem["kind"], RegExp][] = [
+    ['[\n{"a": 1},\n]', 3, "syntax", /trailing comma/],
+    ['[\n{"a": 1},\n\n', 4, "syntax", /missing '\]'/],
+    ['[\n{"a": 1}', 2, "syntax", /missing '\]'/],
+    ['[\n{"a": "unterminated}\n', 2, "error", /inside this element/],
+    ['[\n{"a": 1}\n]\nextra', 4, "syntax", /after the closing '\]'/],
+    ["[1,,2]", 1, "syntax", /empty element/],
+    ["{", 1, "syntax", /expected '\['/],
   ];
-  for (const [text, line, message] of cases) {
+  for (const [text, line, kind, message] of cases) {
     const items = await collect(jsonArrayItems([text]));
-    const errors = items.filter((i) => i.kind === "error");
+    const errors = items.filter((i) => i.kind === "error" || i.kind === "syntax");
     assert.equal(errors.length, 1, `one error for ${JSON.stringify(text)}`);
     assert.equal(errors[0].line, line, `line for ${JSON.stringify(text)}`);
+    assert.equal(errors[0].kind, kind, `kind for ${JSON.stringify(text)}`);
     assert.match((errors[0] as { message: string }).message, message);
   }
 });
