@@ -3,10 +3,10 @@
  * our own protobuf reader, and the BPE model type is encoded and decoded as SentencePiece does.
  *
  * Encoding: the text is normalized (optional whitespace cleanup, a dummy prefix space, spaces
- * escaped as U+2581), split into characters with user-defined pieces kept whole, and merged
- * pairwise, always merging the adjacent pair whose concatenation is the vocabulary piece with the
- * highest score, leftmost first on ties. Symbols that are not pieces become `<0xXX>` byte pieces of
- * their UTF-8 bytes when the model has byte fallback, else the unknown token.
+ * escaped as U+2581) and split into characters, with user-defined pieces kept whole. Then the
+ * adjacent pair whose concatenation is the vocabulary piece with the highest score is merged,
+ * leftmost first on ties, until no pair is a piece. Symbols that are not pieces become `<0xXX>`
+ * byte pieces of their UTF-8 bytes when the model has byte fallback, else the unknown token.
  *
  * Decoding: U+2581 becomes a space, byte pieces join into UTF-8, control tokens produce nothing, and
  * the leading space of the first piece is dropped (it came from the dummy prefix).
@@ -96,9 +96,9 @@ const NORMALIZER_ESCAPE_WHITESPACES = 5;
 export const SPACE_SYMBOL = "\u2581";
 
 /**
- * Parses a serialized SentencePiece ModelProto. Proto2 defaults apply to absent fields; the
- * trainer and normalizer specs must be present, because without them the defaults would silently
- * change how text is split (a file cut short after its pieces lacks both).
+ * Parses a serialized SentencePiece ModelProto. Absent fields take their proto2 defaults. The
+ * trainer and normalizer specs must be present, because their defaults would silently change how
+ * text is split, and a file cut short after its pieces lacks both.
  */
 export function parseSentencePieceModel(bytes: Uint8Array, source: string): SentencePieceModel {
   const r = new ProtoReader(bytes, source);
@@ -146,7 +146,7 @@ export function parseSentencePieceModel(bytes: Uint8Array, source: string): Sent
   if (!haveTrainer || !haveNormalizer) {
     const missing = !haveTrainer ? "trainer_spec" : "normalizer_spec";
     throw new Error(
-      `${source}: the SentencePiece model has no ${missing}; the file may be truncated`,
+      `${source}: the SentencePiece model has no ${missing}, so the file may be truncated`,
     );
   }
   const specials: [string, number][] = [
@@ -308,7 +308,7 @@ class CandidateHeap {
 /**
  * Merges adjacent symbols bottom-up as BPE with scores does: while some adjacent pair concatenates
  * to a string that `scoreOf` scores, merge the pair with the highest score, leftmost on ties.
- * Returns the final symbols. `onMerge` sees every merge in order.
+ * Returns the final symbols. `onMerge` is called for every merge, in order.
  *
  * Cost: O(n log n) for n symbols, because candidates sit in a heap over a linked list of symbols
  * and a stale candidate (one whose symbols changed) is skipped when it is popped.

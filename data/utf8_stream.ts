@@ -5,7 +5,7 @@
  */
 import type { StreamDecoder } from "./tokenizer.ts";
 
-/** How a token's bytes take part in decoding. */
+/** Role of a token's bytes in decoding. */
 export const TokenKind = {
   /** Produces no text (BOS, EOS and other control tokens). */
   CONTROL: 0,
@@ -24,7 +24,7 @@ export interface ByteVocabulary {
   bytes: readonly Uint8Array[];
   /** `TokenKind` by id. */
   kinds: Uint8Array;
-  /** Where the leading space of a TEXT token is dropped; see `Utf8TokenDecoder`. */
+  /** Rule for dropping the leading space of a TEXT token, described at `Utf8TokenDecoder`. */
   stripLeadingSpace: "never" | "first" | "first-and-after-bos";
   /** Id whose following TEXT token loses its leading space under "first-and-after-bos". */
   bosId: number;
@@ -38,11 +38,10 @@ const SPACE = 0x20;
 /**
  * Decodes token ids to text one token at a time.
  *
- * The leading space of the first TEXT token is dropped when it starts the output, because the
- * encoder added it as a dummy prefix: nothing has been emitted before it, and no earlier token had
- * its space dropped (SentencePiece's rule, which removes that space once). With
- * "first-and-after-bos" a TEXT token right after BOS also loses its leading space, as llama2.c
- * decodes.
+ * The encoder adds a dummy prefix space, so the first TEXT token loses its leading space when
+ * nothing has been emitted before it. Only one space is removed this way, as SentencePiece does.
+ * With "first-and-after-bos", a TEXT token right after BOS also loses its leading space, as
+ * llama2.c decodes.
  *
  * To stream a continuation of a prompt with the same spacing as decoding the whole sequence, push
  * the prompt ids first and discard their text.

@@ -110,11 +110,11 @@ export function sentencePieceModelBytes(
 }
 
 /**
- * Builds a Hugging Face tokenizer.json equivalent to a SentencePiece BPE model, as the Hugging
- * Face LLaMA converter lays it out: a BPE model with byte fallback whose merges are every split of
- * a NORMAL piece into two NORMAL pieces, ranked by the merged piece's score; a normalizer that
- * prepends U+2581 and escapes spaces; a decoder that unescapes, joins byte pieces and strips one
- * leading space. Control and unknown pieces become special added tokens.
+ * Builds a Hugging Face tokenizer.json with the vocabulary of a SentencePiece BPE model. Its BPE
+ * model has byte fallback, and its merges are every split of a NORMAL piece into two NORMAL pieces,
+ * ranked by the merged piece's score. The normalizer prepends U+2581 and escapes spaces. The
+ * decoder unescapes, joins byte pieces and strips one leading space. Control and unknown pieces
+ * become special added tokens.
  */
 export function tokenizerJsonFromSentencePiece(model: SentencePieceModel): Record<string, unknown> {
   const vocab: Record<string, number> = {};

@@ -53,6 +53,14 @@ fixtureTest("sentencepiece reads the LLaMA 2 model spec", async () => {
   assert.equal(model.pieces[3 + 0x0a].type, PieceType.BYTE);
 });
 
+fixtureTest("sentencepiece looks up piece ids", async () => {
+  const tokenizer = await llamaTokenizer();
+  assert.equal(tokenizer.pieceToId("\u2581Hello"), 15043);
+  assert.equal(tokenizer.pieceToId("<s>"), 1);
+  assert.equal(tokenizer.pieceToId("<0x0A>"), 13);
+  assert.equal(tokenizer.pieceToId("no such piece"), undefined);
+});
+
 fixtureTest("sentencepiece encodes golden LLaMA 2 cases", async () => {
   const tokenizer = await llamaTokenizer();
   for (const { text, ids } of goldenEncodeCases()) {
