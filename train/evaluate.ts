@@ -1,5 +1,5 @@
 /** Mean loss over a set of examples, computed on the GPU with one readback at the end. */
-import { type Example } from "../data/dataset.ts";
+import type { Example } from "../data/dataset.ts";
 import { makeBatch } from "../data/batch.ts";
 import type { TrainGraph } from "../model/train_graph.ts";
 

@@ -15,7 +15,7 @@ import type { Llama } from "../model/llama.ts";
 import type { TrainGraph } from "../model/train_graph.ts";
 import { evaluateLoss } from "./evaluate.ts";
 import { learningRate, type Schedule } from "./schedule.ts";
-import { MetricsLog } from "./metrics.ts";
+import type { MetricsLog } from "./metrics.ts";
 import { Progress } from "./progress.ts";
 import type { TrainState } from "./checkpoint.ts";
 
