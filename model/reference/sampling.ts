@@ -36,12 +36,12 @@ export interface SampleRef {
   /** Kept token ids in increasing order. */
   kept: number[];
   /**
-   * Smallest |cumulative mass - topP| over the ranking prefixes, as a fraction of the total mass;
-   * Infinity when every token is kept. An f32 implementation can cut elsewhere when this is tiny.
+   * Smallest |cumulative mass - topP| over the ranking prefixes, as a fraction of the total mass,
+   * or Infinity when every token is kept. An f32 implementation can cut elsewhere when this is tiny.
    */
   cutMargin: number;
   /**
-   * Smallest |cumulative kept probability - uniform| over the kept tokens in index order; an f32
+   * Smallest |cumulative kept probability - uniform| over the kept tokens in index order. An f32
    * implementation can pick a neighbour when this is tiny.
    */
   pickMargin: number;
