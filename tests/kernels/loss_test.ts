@@ -157,6 +157,26 @@ gpuTest("crossEntropy stable for large logits", async (gpu) => {
   assertGradClose(grad, ref.dLogits, targets, 1, `large dLogits seed ${rng.seed}`, 3e-4);
 });
 
+gpuTest("crossEntropy handles V of 128K", async (gpu) => {
+  const rng = testRng();
+  const M = 2, V = 131072;
+  const logits = rng.normals(M * V, 4);
+  const targets = Int32Array.of(rng.int(V), rng.int(V));
+  const logitsT = gpu.upload(logits, [M, V], "f32", "logits");
+  const rowLoss = gpu.tensor([M], "f32", "rowLoss");
+  const stats = gpu.tensor([2], "f32", "stats");
+  crossEntropy(gpu, logitsT, gpu.upload(targets, [M], "i32", "targets"), logitsT, stats, {
+    rowLoss,
+  });
+  const ref = crossEntropyRef(logits, targets, V);
+  assertClose(await gpu.readF32(rowLoss), ref.rowLoss, `128K row loss seed ${rng.seed}`, {
+    rtol: 1e-5,
+    atol: 1e-5,
+  });
+  const grad = await gpu.readF32(logitsT);
+  assertGradClose(grad, ref.dLogits, targets, 1, `128K dLogits seed ${rng.seed}`, 2e-5);
+});
+
 gpuTest("crossEntropy without gradient keeps logits", async (gpu) => {
   const rng = testRng();
   const M = 7, V = 5;
