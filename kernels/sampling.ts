@@ -374,7 +374,7 @@ export function sampleTopP(
   const kernel = "sampleTopP";
   const { V, base } = locateRow(kernel, logits, out, outIndex, opts.row ?? 0);
   const { temperature, topP, uniform } = opts;
-  if (!(temperature > 0) || !Number.isFinite(1 / temperature)) {
+  if (!(temperature > 0) || !Number.isFinite(Math.fround(1 / temperature))) {
     throw new KernelError(
       kernel,
       `temperature must be a number > 0, got ${temperature}; use argmax for greedy decoding`,
