@@ -53,6 +53,9 @@ export const PARAMS_BYTES = 256;
 
 const ARENA_CHUNK_DISPATCHES = 256;
 
+/** Dispatches timed by one profiling session; later ones are recorded untimed. */
+const PROFILE_CAPACITY = 4096;
+
 const INSTALL_HINT = "On Debian or Ubuntu without a GPU, install Mesa's software Vulkan driver: " +
   "`sudo apt-get install mesa-vulkan-drivers`. With a GPU, install its Vulkan driver.";
 
@@ -128,6 +131,9 @@ export class Gpu {
   #arenaChunk = 0;
   #arenaSlot = 0;
   #lost: string | null = null;
+  #profile:
+    | { set: GPUQuerySet; resolve: GPUBuffer; kernels: string[]; totals: Map<string, number> }
+    | null = null;
   #uncaptured: string[] = [];
   #dispatchCount = 0;
 
@@ -165,6 +171,7 @@ export class Gpu {
     const limits = adapter.limits;
     const features: GPUFeatureName[] = [];
     if (adapter.features.has("shader-f16")) features.push("shader-f16");
+    if (adapter.features.has("timestamp-query")) features.push("timestamp-query");
     if (adapter.features.has("subgroups" as GPUFeatureName)) {
       features.push("subgroups" as GPUFeatureName);
     }
@@ -359,10 +366,28 @@ export class Gpu {
       layout: pipeline.getBindGroupLayout(0),
       entries,
     });
-    const pass = this.#computePass();
+    let pass: GPUComputePassEncoder;
+    const prof = this.#profile;
+    if (prof && prof.kernels.length < PROFILE_CAPACITY) {
+      // One pass per dispatch, timed by timestamps at its start and end.
+      this.#endPass();
+      const i = prof.kernels.length;
+      prof.kernels.push(kernel);
+      pass = this.#ensureEncoder().beginComputePass({
+        timestampWrites: {
+          querySet: prof.set,
+          beginningOfPassWriteIndex: 2 * i,
+          endOfPassWriteIndex: 2 * i + 1,
+        },
+      });
+      this.#pass = pass;
+    } else {
+      pass = this.#computePass();
+    }
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(x, y, z);
+    if (prof) this.#endPass();
     this.#batchKernels.add(kernel);
     this.#dispatchCount++;
   }
@@ -462,6 +487,53 @@ export class Gpu {
     staging.destroy();
     await this.#throwPending();
     return out;
+  }
+
+  /**
+   * Starts timing every dispatch with GPU timestamp queries (needs the adapter's
+   * "timestamp-query" feature); `stopProfile` returns milliseconds per kernel name.
+   */
+  startProfile(): boolean {
+    if (!this.device.features.has("timestamp-query")) return false;
+    this.flush();
+    this.#profile = {
+      set: this.device.createQuerySet({ type: "timestamp", count: 2 * PROFILE_CAPACITY }),
+      resolve: this.device.createBuffer({
+        size: 16 * PROFILE_CAPACITY,
+        usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+      }),
+      kernels: [],
+      totals: new Map(),
+    };
+    return true;
+  }
+
+  /** Stops profiling and returns GPU milliseconds per kernel name, summed over dispatches. */
+  async stopProfile(): Promise<Map<string, number>> {
+    const prof = this.#profile;
+    if (!prof) return new Map();
+    this.#endPass();
+    const n = prof.kernels.length;
+    if (n > 0) {
+      this.#ensureEncoder().resolveQuerySet(prof.set, 0, 2 * n, prof.resolve, 0);
+    }
+    this.#profile = null;
+    const totals = new Map<string, number>();
+    if (n === 0) return totals;
+    const staging = this.device.createBuffer({
+      size: 16 * n,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    this.#ensureEncoder().copyBufferToBuffer(prof.resolve, 0, staging, 0, 16 * n);
+    this.flush();
+    await staging.mapAsync(GPUMapMode.READ);
+    const stamps = new BigUint64Array(staging.getMappedRange().slice(0));
+    staging.unmap();
+    for (let i = 0; i < n; i++) {
+      const ms = Number(stamps[2 * i + 1] - stamps[2 * i]) / 1e6;
+      totals.set(prof.kernels[i], (totals.get(prof.kernels[i]) ?? 0) + ms);
+    }
+    return totals;
   }
 
   /** Releases the device. */
