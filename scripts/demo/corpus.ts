@@ -1,0 +1,302 @@
+/**
+ * Stories: short texts in simple English about the people of the demo world, each a few
+ * sentences from a small set of templates ("Tom has a red ball. Tom lives in the old town.").
+ * A story keeps the facts it states, so questions about it can be answered exactly
+ * (instructions.ts).
+ *
+ * Every story names each object kind and each animal kind at most once, with one colour each, so
+ * "What colour is the cat?" and "Who has the ball?" have a single answer. Pronouns are avoided:
+ * names repeat, which keeps the texts easy for a small model.
+ */
+import type { Rng } from "../../model/rng.ts";
+import {
+  ANIMAL_ADJECTIVES,
+  ANIMALS,
+  article,
+  COLOURS,
+  DAYS,
+  DESTINATIONS,
+  NUMBER_WORDS,
+  OBJECTS,
+  type Person,
+  personNamed,
+  pick,
+  type World,
+} from "./world.ts";
+
+/** A trip stated by a story ("On Monday, Tom went to the park."). */
+export interface Trip {
+  /** The travellers, one or two names. */
+  people: string[];
+  day: string;
+  place: string;
+}
+
+/** A story's text and the facts it states. */
+export interface Story {
+  text: string;
+  sentences: string[];
+  /** Home place by person, for people whose home the story states. */
+  homes: Map<string, string>;
+  /** Colour by noun, for every object and animal in the story. */
+  colours: Map<string, string>;
+  /** Owner by noun, for objects and pets. */
+  owners: Map<string, string>;
+  /** Animal nouns in order of first appearance. */
+  animals: string[];
+  /** The story's trip, or null when it states none. */
+  trip: Trip | null;
+  /** Favourite food by person, for people whose food the story states. */
+  foods: Map<string, string>;
+}
+
+/** Facts a story must state, so that a given question can be asked about it. */
+export interface StoryRequirements {
+  home?: boolean;
+  animal?: boolean;
+  trip?: boolean;
+  food?: boolean;
+}
+
+/** Limits on the length of a story; stories outside them are drawn again. */
+export const STORY_SENTENCES = { min: 4, max: 8 } as const;
+export const STORY_WORDS = { min: 24, max: 64 } as const;
+
+/** Draws of one story before giving up; a few are enough for any requirement. */
+const MAX_STORY_ATTEMPTS = 1000;
+
+/** Draws of already used texts a split may make before the world counts as exhausted. */
+export const MAX_REPEATED_STORIES = 10_000;
+
+/** Returns the error for a world too small to give `count` new texts. */
+export function repeatedStoriesError(count: number): Error {
+  return new Error(
+    `drew ${MAX_REPEATED_STORIES} stories that were already used while collecting ${count} new ` +
+      `ones; the world is too small for this many texts, so use more people or fewer texts`,
+  );
+}
+
+/** Sentences that state one fact, kept together when the story's facts are shuffled. */
+interface Unit {
+  sentences: string[];
+  /** Animal nouns of the sentences, in order. */
+  animals: string[];
+}
+
+/** Mutable state while a story is drawn. */
+class StoryDraft {
+  readonly units: Unit[] = [];
+  readonly homes = new Map<string, string>();
+  readonly colours = new Map<string, string>();
+  readonly owners = new Map<string, string>();
+  readonly foods = new Map<string, string>();
+  readonly usedNouns = new Set<string>();
+  trip: Trip | null = null;
+
+  constructor(readonly rng: Rng) {}
+
+  /** Returns a random element of `nouns` not yet in the story, or null when all are. */
+  freshNoun(nouns: readonly string[]): string | null {
+    const free = nouns.filter((n) => !this.usedNouns.has(n));
+    return free.length === 0 ? null : pick(this.rng, free);
+  }
+}
+
+function sentence(words: string): string {
+  return words[0].toUpperCase() + words.slice(1) + ".";
+}
+
+function aColour(colour: string, noun: string): string {
+  return `${article(colour)} ${colour} ${noun}`;
+}
+
+function addHome(d: StoryDraft, person: Person): void {
+  d.homes.set(person.name, person.home);
+  const forms = [
+    `${person.name} lives in ${person.home}`,
+    `the home of ${person.name} is in ${person.home}`,
+  ];
+  d.units.push({ sentences: [sentence(pick(d.rng, forms))], animals: [] });
+}
+
+function addObject(d: StoryDraft, owner: string): void {
+  const noun = d.freshNoun(OBJECTS);
+  if (noun === null) return;
+  const colour = pick(d.rng, COLOURS);
+  d.usedNouns.add(noun);
+  d.colours.set(noun, colour);
+  d.owners.set(noun, owner);
+
+  // "one" sometimes replaces the article, so that the corpus contains the number words that
+  // count answers use.
+  const draw = d.rng.uniform();
+  const sentences = draw < 0.5
+    ? [sentence(`${owner} has ${aColour(colour, noun)}`)]
+    : draw < 0.6
+    ? [sentence(`${owner} has one ${colour} ${noun}`)]
+    : [sentence(`${owner} has ${article(noun)} ${noun}`), sentence(`the ${noun} is ${colour}`)];
+  if (d.rng.uniform() < 0.25) sentences.push(sentence(`${owner} plays with the ${noun} every day`));
+  d.units.push({ sentences, animals: [] });
+}
+
+function addPet(d: StoryDraft, person: Person): void {
+  const pet = person.pet;
+  if (!pet || d.usedNouns.has(pet.animal)) return;
+  d.usedNouns.add(pet.animal);
+  d.colours.set(pet.animal, pet.colour);
+  d.owners.set(pet.animal, person.name);
+
+  const sentences = d.rng.uniform() < 0.6
+    ? [sentence(`${person.name} has ${aColour(pet.colour, pet.animal)}`)]
+    : [
+      sentence(`${person.name} has a pet ${pet.animal}`),
+      sentence(`the ${pet.animal} is ${pet.colour}`),
+    ];
+  if (d.rng.uniform() < 0.3) {
+    sentences.push(sentence(`the ${pet.animal} is ${pick(d.rng, ANIMAL_ADJECTIVES)}`));
+  }
+  d.units.push({ sentences, animals: [pet.animal] });
+}
+
+function addSighting(d: StoryDraft, person: string): void {
+  const place = pick(d.rng, DESTINATIONS);
+  const count = d.rng.uniform() < 0.35 ? 2 : 1;
+  const seen: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const animal = d.freshNoun(ANIMALS);
+    if (animal === null) break;
+    const colour = pick(d.rng, COLOURS);
+    d.usedNouns.add(animal);
+    d.colours.set(animal, colour);
+    seen.push(animal);
+  }
+  if (seen.length === 0) return;
+
+  const phrase = seen.map((a) => aColour(d.colours.get(a)!, a)).join(" and ");
+  const forms = [`${person} sees ${phrase} at ${place}`, `at ${place}, ${person} sees ${phrase}`];
+  const sentences = [sentence(pick(d.rng, forms))];
+  if (seen.length === 1 && d.rng.uniform() < 0.3) {
+    sentences.push(sentence(`the ${seen[0]} is ${pick(d.rng, ANIMAL_ADJECTIVES)}`));
+  }
+  d.units.push({ sentences, animals: seen });
+}
+
+function addTrip(d: StoryDraft, people: string[]): void {
+  const trip = { people, day: pick(d.rng, DAYS), place: pick(d.rng, DESTINATIONS) };
+  d.trip = trip;
+  const who = people.join(" and ");
+  const forms = [
+    `on ${trip.day}, ${who} went to ${trip.place}`,
+    `${who} went to ${trip.place} on ${trip.day}`,
+  ];
+  d.units.push({ sentences: [sentence(pick(d.rng, forms))], animals: [] });
+}
+
+function addFood(d: StoryDraft, person: Person): void {
+  d.foods.set(person.name, person.food);
+  const forms = [
+    `${person.name} likes ${person.food}`,
+    `the favourite food of ${person.name} is ${person.food}`,
+  ];
+  d.units.push({ sentences: [sentence(pick(d.rng, forms))], animals: [] });
+}
+
+function addAge(d: StoryDraft, person: Person): void {
+  const age = NUMBER_WORDS[person.age];
+  d.units.push({ sentences: [sentence(`${person.name} is ${age} years old`)], animals: [] });
+}
+
+function addFriends(d: StoryDraft, a: string, b: string): void {
+  const forms = [`${a} and ${b} are friends`, `${a} is a friend of ${b}`];
+  d.units.push({ sentences: [sentence(pick(d.rng, forms))], animals: [] });
+}
+
+/** Draws the facts of one story; the length limits are checked by the caller. */
+function draftStory(world: World, rng: Rng, require: StoryRequirements): StoryDraft {
+  const d = new StoryDraft(rng);
+  const main = pick(rng, world.people);
+  const cast: Person[] = [main];
+  if (rng.uniform() < 0.5) cast.push(personNamed(world, main.friend));
+  const names = cast.map((p) => p.name);
+
+  for (const person of cast) {
+    const required = person === main && require.home;
+    if (required || rng.uniform() < 0.45) addHome(d, person);
+  }
+  const objects = 1 + rng.int(2);
+  for (let i = 0; i < objects; i++) addObject(d, pick(rng, names));
+  for (const person of cast) {
+    if (rng.uniform() < 0.5) addPet(d, person);
+  }
+  if (rng.uniform() < 0.4) addSighting(d, pick(rng, names));
+  if (require.animal && d.units.every((u) => u.animals.length === 0)) {
+    addSighting(d, pick(rng, names));
+  }
+  if (require.trip || rng.uniform() < 0.35) {
+    addTrip(d, cast.length === 2 && rng.uniform() < 0.4 ? names : [main.name]);
+  }
+  for (const person of cast) {
+    const required = person === main && require.food;
+    if (required || rng.uniform() < 0.3) addFood(d, person);
+  }
+  for (const person of cast) {
+    if (rng.uniform() < 0.2) addAge(d, person);
+  }
+  if (cast.length === 2 && rng.uniform() < 0.6) addFriends(d, names[0], names[1]);
+  return d;
+}
+
+function wordCount(text: string): number {
+  return text.split(" ").length;
+}
+
+/**
+ * Draws a story about one person of `world` (and, half the time, their friend) that states the
+ * facts `require` asks for, with STORY_SENTENCES sentences and STORY_WORDS words.
+ */
+export function writeStory(world: World, rng: Rng, require: StoryRequirements = {}): Story {
+  for (let attempt = 0; attempt < MAX_STORY_ATTEMPTS; attempt++) {
+    const d = draftStory(world, rng, require);
+    rng.shuffle(d.units);
+    const sentences = d.units.flatMap((u) => u.sentences);
+    const text = sentences.join(" ");
+    const words = wordCount(text);
+    if (
+      sentences.length < STORY_SENTENCES.min || sentences.length > STORY_SENTENCES.max ||
+      words < STORY_WORDS.min || words > STORY_WORDS.max
+    ) continue;
+    return {
+      text,
+      sentences,
+      homes: d.homes,
+      colours: d.colours,
+      owners: d.owners,
+      animals: d.units.flatMap((u) => u.animals),
+      trip: d.trip,
+      foods: d.foods,
+    };
+  }
+  throw new Error(
+    `no story met the length limits in ${MAX_STORY_ATTEMPTS} draws; ` +
+      `widen STORY_SENTENCES or STORY_WORDS`,
+  );
+}
+
+/**
+ * Draws `count` stories whose texts are not in `used`, adding each text to `used`, so that
+ * corpus and instruction splits never share a text.
+ */
+export function writeCorpus(world: World, rng: Rng, count: number, used: Set<string>): string[] {
+  const texts: string[] = [];
+  let repeats = 0;
+  while (texts.length < count) {
+    const { text } = writeStory(world, rng);
+    if (used.has(text)) {
+      if (++repeats > MAX_REPEATED_STORIES) throw repeatedStoriesError(count);
+      continue;
+    }
+    used.add(text);
+    texts.push(text);
+  }
+  return texts;
+}
