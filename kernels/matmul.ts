@@ -59,8 +59,12 @@ export interface MatmulOptions {
   tiles?: MatmulTiles;
 }
 
-/** Tiles for software adapters: 16 lanes of 8 x 8 accumulators, operands read from storage. */
-export const SOFTWARE_TILES: MatmulTiles = { wgRows: 1, wgCols: 16, rows: 8, cols: 8, depth: 0 };
+/**
+ * Tiles for software adapters: 16 invocations of 8 x 16 accumulators reading operands from storage.
+ * On lavapipe 8 x 16 ran about 2x faster than 8 x 8 (64 x 4096 x 4096, bf16 weights) and compiled
+ * in about 6 s against 4 s; 16 x 16 took about 30 s to compile (see docs/benchmarks.md).
+ */
+export const SOFTWARE_TILES: MatmulTiles = { wgRows: 1, wgCols: 16, rows: 8, cols: 16, depth: 0 };
 
 /** Tiles for GPUs: 16 x 16 invocations of 4 x 4 accumulators, 16 reduction steps staged. */
 export const GPU_TILES: MatmulTiles = { wgRows: 16, wgCols: 16, rows: 4, cols: 4, depth: 16 };
@@ -99,12 +103,37 @@ interface Spec {
   a: Operand;
   b: Operand;
   tiles: MatmulTiles;
+  /**
+   * Read packed B two values per u32 load: along r (r steps by 2; needs R even), or across r with
+   * each invocation owning adjacent column pairs (needs J and cols even). Direct path only.
+   */
+  pairs: boolean;
 }
 
 function specKey(s: Spec): string {
   const t = s.tiles;
-  return `A ${s.a.dtype} ${s.a.stride}, B ${s.b.dtype} ${s.b.stride}, ` +
+  return `A ${s.a.dtype} ${s.a.stride}, B ${s.b.dtype} ${s.b.stride}${s.pairs ? " pairs" : ""}, ` +
     `wg ${t.wgRows}x${t.wgCols}, tile ${t.rows}x${t.cols}, depth ${t.depth}`;
+}
+
+function pairsAcross(s: Spec): boolean {
+  return s.pairs && s.b.stride === "acrossR";
+}
+
+/** Offset of an invocation's column `y` from its first column `j0`. */
+function colOffset(s: Spec, y: number): number {
+  const w = s.tiles.wgCols;
+  return pairsAcross(s) ? (y >> 1) * 2 * w + (y & 1) : y * w;
+}
+
+/** WGSL function unpacking a u32 of two packed B values, lower half first. */
+function unpackPairFn(dtype: DType): string {
+  if (dtype === "f16") {
+    return "fn unpackB(word: u32) -> vec2<f32> { return unpack2x16float(word); }";
+  }
+  return `fn unpackB(word: u32) -> vec2<f32> {
+  return vec2<f32>(bitcast<f32>(word << 16u), bitcast<f32>(word & 0xffff0000u));
+}`;
 }
 
 function checkTiles(kernel: string, gpu: Gpu, t: MatmulTiles): void {
@@ -151,7 +180,7 @@ function tiledCode(spec: Spec): string {
 struct Params { I: u32, J: u32, R: u32, tilesJ: u32, alpha: f32, accumulate: u32 }
 @group(0) @binding(3) var<uniform> p: Params;
 ${loadFn("loadA", "A", a.dtype)}
-${loadFn("loadB", "B", b.dtype)}`);
+${spec.pairs ? unpackPairFn(b.dtype) : loadFn("loadB", "B", b.dtype)}`);
   if (t.depth > 0) {
     L.push(`var<workgroup> As: array<f32, ${t.depth * tileI}>;`);
     L.push(`var<workgroup> Bs: array<f32, ${t.depth * tileJ}>;`);
@@ -164,7 +193,7 @@ fn main(${GRID_BUILTINS}) {
   let tileJ0 = (tile % p.tilesJ) * ${tileJ}u;
   if (tileI0 >= p.I) { return; }
   let i0 = tileI0 + lid / ${t.wgCols}u;
-  let j0 = tileJ0 + lid % ${t.wgCols}u;`);
+  let j0 = tileJ0 + ${pairsAcross(spec) ? "2u * " : ""}(lid % ${t.wgCols}u);`);
   for (let x = 0; x < t.rows; x++) {
     for (let y = 0; y < t.cols; y++) L.push(`  var acc${x}_${y} = 0.0;`);
   }
@@ -175,8 +204,8 @@ fn main(${GRID_BUILTINS}) {
   for (let x = 0; x < t.rows; x++) {
     L.push(`  let row${x} = i0 + ${x * t.wgRows}u;`);
     for (let y = 0; y < t.cols; y++) {
-      L.push(`  if (row${x} < p.I && j0 + ${y * t.wgCols}u < p.J) {
-    let o = row${x} * p.J + j0 + ${y * t.wgCols}u;
+      L.push(`  if (row${x} < p.I && j0 + ${colOffset(spec, y)}u < p.J) {
+    let o = row${x} * p.J + j0 + ${colOffset(spec, y)}u;
     var v = p.alpha * acc${x}_${y};
     if (p.accumulate != 0u) { v += C[o]; }
     C[o] = v;
@@ -188,19 +217,65 @@ fn main(${GRID_BUILTINS}) {
 }
 
 /** The reduction loop reading operands straight from storage (no barriers). */
-function directLoop({ a, b, tiles: t }: Spec): string[] {
+function directLoop(spec: Spec): string[] {
+  const { a, b, tiles: t } = spec;
   const L: string[] = [];
+  const aOffset = (r: string) => a.stride === "alongR" ? r : `(${r}) * p.I`;
   // Clamp rows and columns past the edge to the last one, so every load is in bounds.
   for (let x = 0; x < t.rows; x++) {
     const i = `min(i0 + ${x * t.wgRows}u, p.I - 1u)`;
     L.push(`  let a${x}Base = ${a.stride === "alongR" ? `${i} * p.R` : i};`);
   }
+
+  if (spec.pairs && b.stride === "alongR") {
+    // Two reduction steps per iteration; one u32 of B holds both (R is even, so rows start even).
+    for (let y = 0; y < t.cols; y++) {
+      L.push(`  let b${y}Base = min(j0 + ${colOffset(spec, y)}u, p.J - 1u) * p.R;`);
+    }
+    L.push(`  for (var r = 0u; r < p.R; r += 2u) {`);
+    for (let x = 0; x < t.rows; x++) {
+      L.push(`    let a${x}_0 = loadA(a${x}Base + ${aOffset("r")});`);
+      L.push(`    let a${x}_1 = loadA(a${x}Base + ${aOffset("r + 1u")});`);
+    }
+    for (let y = 0; y < t.cols; y++) L.push(`    let b${y} = unpackB(B[(b${y}Base + r) >> 1u]);`);
+    for (let x = 0; x < t.rows; x++) {
+      for (let y = 0; y < t.cols; y++) {
+        L.push(`    acc${x}_${y} = fma(a${x}_0, b${y}.x, acc${x}_${y});`);
+        L.push(`    acc${x}_${y} = fma(a${x}_1, b${y}.y, acc${x}_${y});`);
+      }
+    }
+    L.push("  }");
+    return L;
+  }
+
+  if (spec.pairs) {
+    // Columns come in adjacent pairs (j even, J even), one u32 of B per pair and step.
+    for (let q = 0; q < t.cols / 2; q++) {
+      L.push(`  let b${q}Base = min(j0 + ${colOffset(spec, 2 * q)}u, p.J - 2u);`);
+    }
+    L.push(`  for (var r = 0u; r < p.R; r++) {`);
+    L.push(`    let aOff = ${aOffset("r")};`);
+    L.push(`    let bOff = r * p.J;`);
+    for (let x = 0; x < t.rows; x++) L.push(`    let a${x} = loadA(a${x}Base + aOff);`);
+    for (let q = 0; q < t.cols / 2; q++) {
+      L.push(`    let b${q} = unpackB(B[(b${q}Base + bOff) >> 1u]);`);
+    }
+    for (let x = 0; x < t.rows; x++) {
+      for (let y = 0; y < t.cols; y++) {
+        const b = `b${y >> 1}.${y & 1 ? "y" : "x"}`;
+        L.push(`    acc${x}_${y} = fma(a${x}, ${b}, acc${x}_${y});`);
+      }
+    }
+    L.push("  }");
+    return L;
+  }
+
   for (let y = 0; y < t.cols; y++) {
-    const j = `min(j0 + ${y * t.wgCols}u, p.J - 1u)`;
+    const j = `min(j0 + ${colOffset(spec, y)}u, p.J - 1u)`;
     L.push(`  let b${y}Base = ${b.stride === "alongR" ? `${j} * p.R` : j};`);
   }
   L.push(`  for (var r = 0u; r < p.R; r++) {`);
-  L.push(`    let aOff = ${a.stride === "alongR" ? "r" : "r * p.I"};`);
+  L.push(`    let aOff = ${aOffset("r")};`);
   L.push(`    let bOff = ${b.stride === "alongR" ? "r" : "r * p.J"};`);
   for (let x = 0; x < t.rows; x++) L.push(`    let a${x} = loadA(a${x}Base + aOff);`);
   for (let y = 0; y < t.cols; y++) L.push(`    let b${y} = loadB(b${y}Base + bOff);`);
@@ -264,12 +339,6 @@ function stagedLoop({ a, b, tiles: t }: Spec): string[] {
   return L;
 }
 
-function smallestPow2AtLeast(n: number): number {
-  let p = 1;
-  while (p < n) p *= 2;
-  return p;
-}
-
 /** Records the tiled kernel for C (I, J) from operands A and B over a reduction of length R. */
 function launchTiled(
   gpu: Gpu,
@@ -282,10 +351,13 @@ function launchTiled(
 ): void {
   const base = opts.tiles ?? matmulTiles(gpu.info);
   checkTiles(kernel, gpu, base);
-  // A short output (decode, M = 1) gets a register tile no taller than it needs.
-  const rows = Math.min(base.rows, smallestPow2AtLeast(Math.ceil(I / base.wgRows)));
-  const tiles = { ...base, rows };
-  const spec: Spec = { a: operands.a, b: operands.b, tiles };
+  // A single output row (decode) gets a one-row register tile instead of computing rows - 1
+  // clamped copies; other short outputs share the full tile to keep the pipeline count down.
+  const tiles = I === 1 ? { ...base, rows: 1 } : base;
+  const b = operands.b;
+  const pairs = b.dtype !== "f32" && tiles.depth === 0 &&
+    (b.stride === "alongR" ? R % 2 === 0 : J % 2 === 0 && tiles.cols % 2 === 0);
+  const spec: Spec = { a: operands.a, b, tiles, pairs };
   const pipeline = gpu.pipeline(kernel, specKey(spec), () => tiledCode(spec));
   const tilesI = Math.ceil(I / (tiles.wgRows * tiles.rows));
   const tilesJ = Math.ceil(J / (tiles.wgCols * tiles.cols));

@@ -6,6 +6,7 @@ import {
   matmulGradInput,
   matmulGradWeight,
   matmulNaive,
+  type MatmulTiles,
   matmulTiles,
   SOFTWARE_TILES,
 } from "../../kernels/matmul.ts";
@@ -44,71 +45,100 @@ function uploadWeight(
   return { tensor: gpu.upload(packed, shape, dtype, "w"), stored: unpackHalf(packed, dtype) };
 }
 
-/** Adds `base` into `product` scaled by nothing (accumulate) and scales the product by alpha. */
-function expectedOutput(
-  product: Float64Array,
-  alpha: number,
-  base: Float32Array | null,
-): Float64Array {
-  const out = new Float64Array(product.length);
-  for (let i = 0; i < out.length; i++) out[i] = alpha * product[i] + (base ? base[i] : 0);
-  return out;
+type Form = "matmul" | "matmulGradInput" | "matmulGradWeight";
+
+interface Case {
+  accumulate?: boolean;
+  alpha?: number;
+  tiles?: MatmulTiles;
 }
 
+/**
+ * Runs one form on fresh random inputs of shape (M, N, K) (x is (M, K), w is (N, K), y is (M, N))
+ * and compares the output with the float64 reference on the weights as stored.
+ */
+async function checkForm(
+  gpu: Gpu,
+  rng: ReturnType<typeof testRng>,
+  form: Form,
+  dtype: WeightType,
+  [M, N, K]: readonly number[],
+  { accumulate = false, alpha = 1, tiles }: Case,
+): Promise<void> {
+  const what = `${form} ${dtype} M=${M} N=${N} K=${K} accumulate=${accumulate} alpha=${alpha}` +
+    `${tiles ? ` tiles ${JSON.stringify(tiles)}` : ""} seed ${rng.seed}`;
+  const opts = { accumulate, alpha, tiles };
+  const x = rng.normals(M * K);
+  const dy = rng.normals(M * N);
+  const xT = gpu.upload(x, [M, K], "f32", "x");
+  const dyT = gpu.upload(dy, [M, N], "f32", "dy");
+
+  let product: Float64Array;
+  let out: Tensor;
+  let initial: Float32Array;
+  let reduction: number;
+  if (form === "matmul") {
+    const w = uploadWeight(gpu, rng.normals(N * K), [N, K], dtype);
+    initial = rng.normals(M * N);
+    out = gpu.upload(initial, [M, N], "f32", "y");
+    matmul(gpu, xT, w.tensor, out, opts);
+    product = matmulRef(x, w.stored, M, N, K);
+    reduction = K;
+  } else if (form === "matmulGradInput") {
+    const w = uploadWeight(gpu, rng.normals(N * K), [N, K], dtype);
+    initial = rng.normals(M * K);
+    out = gpu.upload(initial, [M, K], "f32", "dx");
+    matmulGradInput(gpu, dyT, w.tensor, out, opts);
+    product = matmulGradInputRef(dy, w.stored, M, N, K);
+    reduction = N;
+  } else {
+    initial = rng.normals(N * K);
+    out = gpu.upload(initial, [N, K], "f32", "dw");
+    matmulGradWeight(gpu, dyT, xT, out, opts);
+    product = matmulGradWeightRef(dy, x, M, N, K);
+    reduction = M;
+  }
+
+  const expected = new Float64Array(product.length);
+  for (let i = 0; i < expected.length; i++) {
+    expected[i] = alpha * product[i] + (accumulate ? initial[i] : 0);
+  }
+  assertClose(await gpu.readF32(out), expected, what, tolerance(reduction));
+}
+
+/**
+ * (M, N, K) combinations: none a multiple of a tile, M = 1 (decode), odd and even reductions (packed
+ * weights are read two values per load only when the dimension they pair along is even).
+ */
 const SHAPES: [number, number, number][] = [
   [7, 13, 17],
   [33, 65, 3],
   [70, 130, 129],
   [1, 65, 64],
   [33, 1, 1],
+  [33, 65, 130],
+  [70, 13, 18],
 ];
 
-for (const dtype of ["f32", "bf16", "f16"] as const) {
-  gpuTest(`matmul matches reference, ${dtype} weights`, async (gpu) => {
-    const rng = testRng();
-    for (const [M, N, K] of SHAPES) {
-      for (const accumulate of [false, true]) {
-        const alpha = accumulate ? 0.75 : 1;
-        const x = rng.normals(M * K);
-        const w = uploadWeight(gpu, rng.normals(N * K), [N, K], dtype);
-        const y0 = rng.normals(M * N);
-        const y = gpu.upload(y0, [M, N], "f32", "y");
-        matmul(gpu, gpu.upload(x, [M, K], "f32", "x"), w.tensor, y, { accumulate, alpha });
-        const expected = expectedOutput(
-          matmulRef(x, w.stored, M, N, K),
-          alpha,
-          accumulate ? y0 : null,
-        );
-        assertClose(
-          await gpu.readF32(y),
-          expected,
-          `matmul ${dtype} M=${M} N=${N} K=${K} accumulate=${accumulate} seed ${rng.seed}`,
-          tolerance(K),
-        );
-      }
-    }
-  });
+/**
+ * Small tiles for the full matrix of forms, weight types, shapes and accumulation: two rows of
+ * four invocations with 2 x 4 accumulators each, so the shapes above cross tile edges both ways.
+ * Each such pipeline compiles in well under a second on lavapipe, where the default 8 x 16 tile
+ * takes several; the default tiles get their own test on fewer shapes below.
+ */
+const SMALL_TILES: MatmulTiles = { wgRows: 2, wgCols: 4, rows: 2, cols: 4, depth: 0 };
 
-  gpuTest(`matmulGradInput matches reference, ${dtype} weights`, async (gpu) => {
+for (const dtype of ["f32", "bf16", "f16"] as const) {
+  gpuTest(`matmul and gradInput match reference, ${dtype} weights`, async (gpu) => {
     const rng = testRng();
-    for (const [M, N, K] of SHAPES) {
-      for (const accumulate of [false, true]) {
-        const dy = rng.normals(M * N);
-        const w = uploadWeight(gpu, rng.normals(N * K), [N, K], dtype);
-        const dx0 = rng.normals(M * K);
-        const dx = gpu.upload(dx0, [M, K], "f32", "dx");
-        matmulGradInput(gpu, gpu.upload(dy, [M, N], "f32", "dy"), w.tensor, dx, { accumulate });
-        const expected = expectedOutput(
-          matmulGradInputRef(dy, w.stored, M, N, K),
-          1,
-          accumulate ? dx0 : null,
-        );
-        assertClose(
-          await gpu.readF32(dx),
-          expected,
-          `matmulGradInput ${dtype} M=${M} N=${N} K=${K} accumulate=${accumulate} seed ${rng.seed}`,
-          tolerance(N),
-        );
+    for (const form of ["matmul", "matmulGradInput"] as const) {
+      for (const shape of SHAPES) {
+        await checkForm(gpu, rng, form, dtype, shape, { tiles: SMALL_TILES });
+        await checkForm(gpu, rng, form, dtype, shape, {
+          tiles: SMALL_TILES,
+          accumulate: true,
+          alpha: 0.75,
+        });
       }
     }
   });
@@ -116,67 +146,38 @@ for (const dtype of ["f32", "bf16", "f16"] as const) {
 
 gpuTest("matmulGradWeight matches reference", async (gpu) => {
   const rng = testRng();
-  for (const [M, N, K] of SHAPES) {
-    for (const accumulate of [false, true]) {
-      const alpha = accumulate ? 1 : -0.5;
-      const dy = rng.normals(M * N);
-      const x = rng.normals(M * K);
-      const dw0 = rng.normals(N * K);
-      const dw = gpu.upload(dw0, [N, K], "f32", "dw");
-      matmulGradWeight(
-        gpu,
-        gpu.upload(dy, [M, N], "f32", "dy"),
-        gpu.upload(x, [M, K], "f32", "x"),
-        dw,
-        { accumulate, alpha },
-      );
-      const expected = expectedOutput(
-        matmulGradWeightRef(dy, x, M, N, K),
-        alpha,
-        accumulate ? dw0 : null,
-      );
-      assertClose(
-        await gpu.readF32(dw),
-        expected,
-        `matmulGradWeight M=${M} N=${N} K=${K} accumulate=${accumulate} seed ${rng.seed}`,
-        tolerance(M),
-      );
+  for (const shape of SHAPES) {
+    await checkForm(gpu, rng, "matmulGradWeight", "f32", shape, {
+      tiles: SMALL_TILES,
+      alpha: -0.5,
+    });
+    await checkForm(gpu, rng, "matmulGradWeight", "f32", shape, {
+      tiles: SMALL_TILES,
+      accumulate: true,
+    });
+  }
+});
+
+gpuTest("default tiles match reference", async (gpu) => {
+  const rng = testRng();
+  for (const shape of [[70, 130, 66], [1, 37, 64]]) {
+    for (const dtype of ["f32", "bf16"] as const) {
+      await checkForm(gpu, rng, "matmul", dtype, shape, {});
+      await checkForm(gpu, rng, "matmulGradInput", dtype, shape, { accumulate: true });
     }
+    await checkForm(gpu, rng, "matmulGradWeight", "f32", shape, { accumulate: true });
   }
 });
 
 // The staged (workgroup-memory) path is what discrete GPUs run; check it here on any adapter.
-gpuTest("matmul staged tiles match reference", async (gpu) => {
+gpuTest("staged GPU tiles match reference", async (gpu) => {
   const rng = testRng();
   const tiles = matmulTiles({ ...gpu.info, isSoftware: false });
-  for (const [M, N, K] of [[70, 130, 37], [1, 67, 16], [17, 5, 33]]) {
-    const x = rng.normals(M * K);
-    const dy = rng.normals(M * N);
-    const w = uploadWeight(gpu, rng.normals(N * K), [N, K], "bf16");
-    const xT = gpu.upload(x, [M, K], "f32", "x");
-    const dyT = gpu.upload(dy, [M, N], "f32", "dy");
-    const y = gpu.tensor([M, N], "f32", "y");
-    const dx = gpu.tensor([M, K], "f32", "dx");
-    const dwT = gpu.tensor([N, K], "f32", "dw");
-    matmul(gpu, xT, w.tensor, y, { tiles });
-    matmulGradInput(gpu, dyT, w.tensor, dx, { tiles });
-    matmulGradWeight(gpu, dyT, xT, dwT, { tiles });
-    const what = `staged M=${M} N=${N} K=${K} seed ${rng.seed}`;
-    assertClose(await gpu.readF32(y), matmulRef(x, w.stored, M, N, K), `matmul ${what}`, {
-      ...tolerance(K),
-    });
-    assertClose(
-      await gpu.readF32(dx),
-      matmulGradInputRef(dy, w.stored, M, N, K),
-      `matmulGradInput ${what}`,
-      tolerance(N),
-    );
-    assertClose(
-      await gpu.readF32(dwT),
-      matmulGradWeightRef(dy, x, M, N, K),
-      `matmulGradWeight ${what}`,
-      tolerance(M),
-    );
+  assert.ok(tiles.depth > 0, `tiles ${JSON.stringify(tiles)} do not stage`);
+  for (const shape of [[37, 70, 19], [1, 67, 16], [17, 5, 33]]) {
+    await checkForm(gpu, rng, "matmul", "bf16", shape, { tiles });
+    await checkForm(gpu, rng, "matmulGradInput", "f16", shape, { tiles, accumulate: true });
+    await checkForm(gpu, rng, "matmulGradWeight", "f32", shape, { tiles, alpha: 2 });
   }
 });
 
