@@ -82,7 +82,7 @@ export function adapterParameterCount(model: ModelConfig, config: AdapterConfig)
 
 /** Identity of a base model: its architecture and a few weight statistics. */
 export interface ModelFingerprint {
-  /** dim, hidden, layers, heads, kv heads, vocab, rope layout, joined by "/". */
+  /** dim, hidden, layers, heads, kv heads and vocab, joined by "/". */
   arch: string;
   /** Root mean squares and means of the embedding rows and the final norm. */
   stats: number[];
@@ -107,8 +107,9 @@ function mean(x: Float32Array): number {
  */
 export async function modelFingerprint(weights: ModelWeights): Promise<ModelFingerprint> {
   const c = weights.config;
-  const arch = [c.dim, c.hiddenDim, c.nLayers, c.nHeads, c.nKvHeads, c.vocabSize, c.ropeLayout]
-    .join("/");
+  // The rotary layout is left out: prompt keys get no rotary embedding, so an adapter works the
+  // same on a Hugging Face copy of a model whose q/k rows are permuted.
+  const arch = [c.dim, c.hiddenDim, c.nLayers, c.nHeads, c.nKvHeads, c.vocabSize].join("/");
   const norm = await weights.norm.readF32();
   const emb = await weights.tokEmbedding.readF32();
   const first = emb.subarray(0, c.dim);

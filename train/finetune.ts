@@ -18,7 +18,7 @@ import {
 } from "../model/adapter.ts";
 import { encodeAdapter, readAdapterFile, saveAdapter } from "../model/adapter_file.ts";
 import type { WeightStorage } from "../model/gpu_weights.ts";
-import { openModel } from "../model/open.ts";
+import { type OpenedModel, openModel } from "../model/open.ts";
 import { TrainGraph } from "../model/train_graph.ts";
 import { writeFileAtomic } from "./atomic.ts";
 import {
@@ -69,6 +69,8 @@ export interface FinetuneOptions {
   resume: boolean;
   recompute: boolean;
   quiet?: boolean;
+  /** Stop after this many steps with a checkpoint, as an interrupted run would (for tests). */
+  stopAtStep?: number;
 }
 
 /** What `finetune` produced. */
@@ -94,15 +96,23 @@ function resumeKey(o: FinetuneOptions, layers: number): Record<string, unknown> 
 
 /** Fine-tunes an adapter; see the module comment for what is written. */
 export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
-  const log = (m: string) => {
-    if (!o.quiet) console.error(m);
-  };
   const opened = await openModel({
     model: o.model,
     tokenizer: o.tokenizer,
     weights: o.weights,
     log: !o.quiet,
   });
+  try {
+    return await finetuneOpened(o, opened);
+  } finally {
+    opened.gpu.destroy();
+  }
+}
+
+async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<FinetuneResult> {
+  const log = (m: string) => {
+    if (!o.quiet) console.error(m);
+  };
   const { gpu, llama, checkpoint, fingerprint } = opened;
   const tokenizer = opened.tokenizer!;
   const config = checkpoint.config;
@@ -193,14 +203,23 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
     evalEvery: o.evalEvery,
     saveEvery: o.saveEvery,
     evalBatchSize: o.batchSize,
+    stopAtStep: o.stopAtStep,
   });
-  if (resumeDir) trainer.restoreMoments(await readMoments(`${resumeDir}/optimizer.safetensors`));
+  if (resumeDir) {
+    if (state!.settings.dataFingerprint !== trainer.sampler.fingerprint()) {
+      throw new Error(
+        `--resume: the training examples differ from those of checkpoint ${resumeDir} (the data ` +
+          `file, tokenizer or --max-seq-len changed); use the same data or a new --out`,
+      );
+    }
+    trainer.restoreMoments(await readMoments(`${resumeDir}/optimizer.safetensors`));
+  }
 
   state ??= {
     step: 0,
     position: { epoch: 0, index: 0 },
     totalSteps,
-    settings: resumeKey(o, layers),
+    settings: { ...resumeKey(o, layers), dataFingerprint: trainer.sampler.fingerprint() },
     bestValLoss: null,
     tokens: 0,
     seconds: 0,
@@ -247,7 +266,7 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
   }
 
   const adapterPath = `${o.out}/adapter.safetensors`;
-  if (result.stoppedBy === "done") {
+  if (result.stoppedBy === "done" && result.state.step === totalSteps) {
     await saveAdapter(adapterPath, config, await llama.readAdapter(), meta(result.state.step));
   }
 
@@ -289,11 +308,15 @@ export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
         `checkpoint is in ${o.out}/checkpoints`,
     );
   }
+  const finished = result.state.step === totalSteps;
   log(
-    `done: ${result.state.step} steps in ${result.state.seconds.toFixed(1)} s ` +
-      `(${summary.tokensPerSecond.toFixed(0)} tokens/s); final training loss ` +
-      `${summary.finalTrainLoss?.toFixed(4) ?? "-"}, validation loss ` +
-      `${result.finalValLoss?.toFixed(4) ?? "-"}; adapter written to ${adapterPath}`,
+    `${finished ? "done" : "stopped"}: ${result.state.step} of ${totalSteps} steps in ` +
+      `${result.state.seconds.toFixed(1)} s (${summary.tokensPerSecond.toFixed(0)} tokens/s); ` +
+      `final training loss ${summary.finalTrainLoss?.toFixed(4) ?? "-"}, validation loss ` +
+      `${result.finalValLoss?.toFixed(4) ?? "-"}; ` +
+      (finished
+        ? `adapter written to ${adapterPath}`
+        : `checkpoint in ${o.out}/checkpoints; continue with --resume`),
   );
   return { adapterPath, result, summary };
 }

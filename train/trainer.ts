@@ -38,6 +38,8 @@ export interface TrainSettings {
   saveEvery: number;
   /** Micro-batch size for validation. */
   evalBatchSize: number;
+  /** Stop (with a checkpoint) after this many steps although the schedule runs longer. */
+  stopAtStep?: number;
 }
 
 /** Optimiser state of one parameter tensor. */
@@ -194,7 +196,8 @@ export class Trainer {
       return count > 0 ? lossSum / count : NaN;
     };
 
-    while (state.step < state.totalSteps) {
+    const stopAt = Math.min(state.totalSteps, s.stopAtStep ?? Infinity);
+    while (state.step < stopAt) {
       // Gather the micro-batches of this step first: the gradient scale needs their target count.
       const micro: SampledBatch[] = [];
       for (let a = 0; a < s.gradAccum; a++) {
@@ -222,9 +225,10 @@ export class Trainer {
       gpu.flush();
 
       const last = state.step === state.totalSteps;
-      const saveNow = last || (s.saveEvery > 0 && state.step % s.saveEvery === 0);
+      const stopping = last || state.step === stopAt;
+      const saveNow = stopping || (s.saveEvery > 0 && state.step % s.saveEvery === 0);
       const evalNow = !last && s.evalEvery > 0 && state.step % s.evalEvery === 0;
-      if (state.step % s.logEvery === 0 || saveNow || evalNow || last) {
+      if (state.step % s.logEvery === 0 || saveNow || evalNow) {
         const loss = await readLoss();
         const now = performance.now();
         windowTokens += pendingTokens;
