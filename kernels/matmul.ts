@@ -9,19 +9,23 @@
  *     matmulGradInput      dx (M, K)     dy[m, n] along r      w[n, k]  across r
  *     matmulGradWeight     dW (N, K)     dy[m, n] across r     x[m, k]  across r
  *
- * Each workgroup computes a tile of C of (wgRows * rows) x (wgCols * cols) elements; each invocation
- * keeps a rows x cols register tile of f32 accumulators and owns rows i0 + a * wgRows and columns
- * j0 + b * wgCols, so neighbouring invocations touch neighbouring addresses. With `depth > 0` the
- * workgroup stages `depth` reduction steps of both operands in workgroup memory per barrier (zero
- * padded at the edges); with `depth = 0` each invocation reads its operands straight from storage,
- * clamping out-of-range rows and columns to the last one and masking them at the store.
+ * Each workgroup computes a tile of C of (wgRows * rows) x (wgCols * cols) elements. Each
+ * invocation keeps a rows x cols register tile of f32 accumulators and owns rows i0 + a * wgRows
+ * and columns j0 + b * wgCols, so neighbouring invocations touch neighbouring addresses. When
+ * packed weights are read in pairs across r, an invocation owns adjacent column pairs instead.
+ * With `depth > 0` the workgroup stages `depth` reduction steps of both operands in workgroup
+ * memory per barrier, zero padded at the edges. With `depth = 0` each invocation reads its
+ * operands straight from storage, clamping out-of-range rows and columns to the last one and
+ * masking them at the store. Either way it is one pass with no memory beyond the output.
  *
- * Why two paths: on a GPU, staging turns rows x cols global reads per step into shared reads. On
- * Mesa's lavapipe (Mesa 22.3, LLVM 15) a storage or workgroup-memory load is compiled to a loop over
- * the 8 SIMD lanes with a bounds test per lane and component, so one load costs tens of cycles
- * against well under one for an FMA, and a barrier splits the shader into coroutines. There the only
- * lever is FMAs per loaded value, rows * cols / (rows + cols), so the software tiles skip staging
- * and take the largest register tile that still compiles in a few seconds (see docs/benchmarks.md).
+ * Why two paths: on a GPU, staging turns rows + cols storage reads per step and invocation into
+ * workgroup-memory reads. Mesa's llvmpipe compiler compiles a storage or workgroup-memory load
+ * into a loop over the 8 SIMD lanes with a bounds test per lane and component (read in Mesa 21.3's
+ * gallivm/lp_bld_nir_soa.c), and a barrier into coroutine switches. On this machine's lavapipe
+ * (Mesa 22.3, LLVM 15) that makes a load cost tens of cycles against well under one for an FMA
+ * (scripts/bench/peak.ts measures both). There the only lever is FMAs per loaded value,
+ * rows * cols / (rows + cols), so the software tiles skip staging and take the largest register
+ * tile that still compiles in a few seconds; packed weights are read two values per u32 load.
  */
 import {
   type DType,
@@ -45,7 +49,7 @@ export interface MatmulTiles {
   rows: number;
   /** Output columns per invocation (the register tile's width). */
   cols: number;
-  /** Reduction steps staged in workgroup memory per barrier; 0 reads operands from storage. */
+  /** Reduction steps staged in workgroup memory per barrier, or 0 to read straight from storage. */
   depth: number;
 }
 
@@ -61,12 +65,15 @@ export interface MatmulOptions {
 
 /**
  * Tiles for software adapters: 16 invocations of 8 x 16 accumulators reading operands from storage.
- * On lavapipe 8 x 16 ran about 2x faster than 8 x 8 (64 x 4096 x 4096, bf16 weights) and compiled
- * in about 6 s against 4 s; 16 x 16 took about 30 s to compile (see docs/benchmarks.md).
+ * On lavapipe 8 x 16 ran about 2x faster than 8 x 8 (64 x 4096 x 4096, bf16 weights) and took
+ * about 6 s to compile against 4 s. A 16 x 16 tile took about 30 s (docs/benchmarks.md).
  */
 export const SOFTWARE_TILES: MatmulTiles = { wgRows: 1, wgCols: 16, rows: 8, cols: 16, depth: 0 };
 
-/** Tiles for GPUs: 16 x 16 invocations of 4 x 4 accumulators, 16 reduction steps staged. */
+/**
+ * Tiles for GPUs: 16 x 16 invocations of 4 x 4 accumulators, 16 reduction steps staged.
+ * NOTE: a conventional choice, checked for correctness on lavapipe but not timed on a GPU.
+ */
 export const GPU_TILES: MatmulTiles = { wgRows: 16, wgCols: 16, rows: 4, cols: 4, depth: 16 };
 
 /**
@@ -90,7 +97,7 @@ function stagedBytes(t: MatmulTiles): number {
   return 4 * t.depth * (t.wgRows * t.rows + t.wgCols * t.cols);
 }
 
-/** How an operand is laid out relative to the reduction index r. */
+/** Layout of an operand relative to the reduction index r: r runs along its rows or across them. */
 type Stride = "alongR" | "acrossR";
 
 interface Operand {
@@ -98,14 +105,15 @@ interface Operand {
   stride: Stride;
 }
 
-/** Everything that specialises the generated kernel; it doubles as the pipeline cache key. */
+/** Parameters that specialise the generated kernel, which also make up the pipeline cache key. */
 interface Spec {
   a: Operand;
   b: Operand;
   tiles: MatmulTiles;
   /**
-   * Read packed B two values per u32 load: along r (r steps by 2; needs R even), or across r with
-   * each invocation owning adjacent column pairs (needs J and cols even). Direct path only.
+   * Whether packed B is read two values per u32 load (direct path only). Along r, the loop steps r
+   * by 2, so R must be even. Across r, each invocation owns adjacent column pairs, so J and cols
+   * must be even.
    */
   pairs: boolean;
 }
@@ -166,7 +174,7 @@ function elementIndex(stride: Stride, outer: string, r: string, outerSize: strin
   return stride === "alongR" ? `${outer} * p.R + ${r}` : `(${r}) * ${outerSize} + ${outer}`;
 }
 
-/** Generates the tiled kernel for `spec`; bindings are A, B, C and the params block. */
+/** Generates the tiled kernel for `spec`. Its bindings are A, B, C and the params block. */
 function tiledCode(spec: Spec): string {
   const { a, b, tiles: t } = spec;
   const wgSize = t.wgRows * t.wgCols;
@@ -216,7 +224,7 @@ fn main(${GRID_BUILTINS}) {
   return L.join("\n");
 }
 
-/** The reduction loop reading operands straight from storage (no barriers). */
+/** Returns the WGSL reduction loop that reads operands straight from storage, with no barriers. */
 function directLoop(spec: Spec): string[] {
   const { a, b, tiles: t } = spec;
   const L: string[] = [];
@@ -228,7 +236,7 @@ function directLoop(spec: Spec): string[] {
   }
 
   if (spec.pairs && b.stride === "alongR") {
-    // Two reduction steps per iteration; one u32 of B holds both (R is even, so rows start even).
+    // Two reduction steps per iteration. One u32 of B contains both, as R is even.
     for (let y = 0; y < t.cols; y++) {
       L.push(`  let b${y}Base = min(j0 + ${colOffset(spec, y)}u, p.J - 1u) * p.R;`);
     }
@@ -249,7 +257,7 @@ function directLoop(spec: Spec): string[] {
   }
 
   if (spec.pairs) {
-    // Columns come in adjacent pairs (j even, J even), one u32 of B per pair and step.
+    // Columns come in adjacent pairs (j and J even), so one u32 of B covers a pair at each step.
     for (let q = 0; q < t.cols / 2; q++) {
       L.push(`  let b${q}Base = min(j0 + ${colOffset(spec, 2 * q)}u, p.J - 2u);`);
     }
@@ -286,7 +294,7 @@ function directLoop(spec: Spec): string[] {
   return L;
 }
 
-/** The reduction loop staging `depth` steps of both operands in workgroup memory. */
+/** Returns the WGSL reduction loop that stages `depth` steps of both operands in shared memory. */
 function stagedLoop({ a, b, tiles: t }: Spec): string[] {
   const wgSize = t.wgRows * t.wgCols;
   const tileI = t.wgRows * t.rows;
@@ -314,6 +322,7 @@ function stagedLoop({ a, b, tiles: t }: Spec): string[] {
       ${name}s[s * ${tileSize}u + o] = v;
     }`;
   };
+
   const L: string[] = [];
   L.push(`  let li = lid / ${t.wgCols}u;`);
   L.push(`  let lj = lid % ${t.wgCols}u;`);
@@ -321,6 +330,7 @@ function stagedLoop({ a, b, tiles: t }: Spec): string[] {
   L.push(stage("A", a, tileI, "tileI0", "p.I"));
   L.push(stage("B", b, tileJ, "tileJ0", "p.J"));
   L.push("    workgroupBarrier();");
+
   L.push(`    for (var s = 0u; s < ${D}u; s++) {`);
   for (let x = 0; x < t.rows; x++) {
     L.push(`      let a${x} = As[s * ${tileI}u + li + ${x * t.wgRows}u];`);
@@ -336,6 +346,7 @@ function stagedLoop({ a, b, tiles: t }: Spec): string[] {
   L.push("    }");
   L.push("    workgroupBarrier();");
   L.push("  }");
+
   return L;
 }
 
@@ -352,7 +363,7 @@ function launchTiled(
   const base = opts.tiles ?? matmulTiles(gpu.info);
   checkTiles(kernel, gpu, base);
   // A single output row (decode) gets a one-row register tile instead of computing rows - 1
-  // clamped copies; other short outputs share the full tile to keep the pipeline count down.
+  // clamped copies. Other short outputs use the full tile, which keeps the pipeline count down.
   const tiles = I === 1 ? { ...base, rows: 1 } : base;
   const b = operands.b;
   const pairs = b.dtype !== "f32" && tiles.depth === 0 &&

@@ -10,26 +10,25 @@ import {
   matmulNaive,
   matmulTiles,
 } from "../../kernels/matmul.ts";
-import { type BenchContext, type BenchRow, benchValues, timeRepeated } from "../bench.ts";
+import { type BenchContext, type BenchRow, benchValues, timeBest, type Timing } from "../bench.ts";
 
 interface Shape {
   M: number;
   N: number;
   K: number;
-  label: string;
 }
 
-/** LLaMA-7B projections for 64 tokens: attention (4096 x 4096) and feed-forward up (11008 x 4096). */
+/** LLaMA-7B projections for 64 tokens: attention (4096 x 4096), feed-forward up (11008 x 4096). */
 const LLAMA_SHAPES: Shape[] = [
-  { M: 64, N: 4096, K: 4096, label: "LLaMA attention" },
-  { M: 64, N: 11008, K: 4096, label: "LLaMA feed-forward" },
+  { M: 64, N: 4096, K: 4096 },
+  { M: 64, N: 11008, K: 4096 },
 ];
 
 function shapeText(s: Shape): string {
   return `M=${s.M} N=${s.N} K=${s.K}`;
 }
 
-/** Uploads an (rows, cols) weight of ordinary values as f32 or bf16 (the upper half of each f32). */
+/** Uploads a (rows, cols) weight of ordinary values as f32 or bf16 (the upper half of an f32). */
 function uploadWeight(gpu: Gpu, rows: number, cols: number, dtype: DType, seed: number): Tensor {
   const values = benchValues(rows * cols, seed);
   if (dtype === "f32") return gpu.upload(values, [rows, cols], "f32", "w");
@@ -48,80 +47,119 @@ function weightTooLarge(gpu: Gpu, rows: number, cols: number, dtype: DType): str
     `${(limit / 2 ** 20).toFixed(0)} MiB storage binding limit`;
 }
 
-type Variant = "tiled" | "naive" | "gradInput" | "gradWeight";
-
-async function measure(
-  gpu: Gpu,
+/** Returns the row of a timed matmul of `shape`, rated against the peak when it is known. */
+function timedRow(
   ctx: BenchContext,
+  name: string,
   shape: Shape,
   dtype: DType,
-  variant: Variant,
-): Promise<BenchRow> {
-  const { M, N, K } = shape;
-  const name = variant === "tiled" ? "matmul" : variant === "naive" ? "matmulNaive" : variant ===
-      "gradInput"
-    ? "matmulGradInput"
-    : "matmulGradWeight";
-  const row: BenchRow = { section: "matmul", name, shape: shapeText(shape), dtype };
-  const tooLarge = weightTooLarge(gpu, N, K, dtype);
-  if (tooLarge) return { ...row, note: tooLarge };
-
-  const w = uploadWeight(gpu, N, K, dtype, 2);
-  const x = gpu.upload(benchValues(M * K, 3), [M, K], "f32", "x");
-  const y = gpu.tensor([M, N], "f32", "y");
-  const record = {
-    tiled: () => matmul(gpu, x, w, y),
-    naive: () => matmulNaive(gpu, x, w, y),
-    gradInput: () => matmulGradInput(gpu, y, w, x),
-    gradWeight: () => matmulGradWeight(gpu, y, x, w),
-  }[variant];
-  const t = await timeRepeated(gpu, record, ctx.minSeconds);
-  for (const tensor of [w, x, y]) tensor.buffer.destroy();
-
-  const gflops = (2 * M * N * K) / t.seconds / 1e9;
-  const result: BenchRow = {
-    ...row,
+  t: Timing,
+): BenchRow {
+  const gflops = (2 * shape.M * shape.N * shape.K) / t.seconds / 1e9;
+  const row: BenchRow = {
+    section: "matmul",
+    name,
+    shape: shapeText(shape),
+    dtype,
     gflops,
     ms: t.seconds * 1e3,
     reps: t.reps,
   };
-  if (ctx.peakGflops) result.ofPeak = gflops / ctx.peakGflops;
+  if (ctx.peakGflops) row.ofPeak = gflops / ctx.peakGflops;
   ctx.log(`  ${name} ${row.shape} ${dtype}: ${gflops.toFixed(3)} GFLOP/s`);
-  return result;
+  return row;
 }
 
-/** Measures the tiled and naive matmuls; the tiled row's note gives its speed-up over naive. */
+/**
+ * Measures at one shape the tiled matmul with f32 and bf16 weights and, when `naive` is set, the
+ * naive matmul with f32 weights, timed in rotation. The tiled f32 row's note gives its speed-up.
+ */
+async function measureShape(
+  gpu: Gpu,
+  ctx: BenchContext,
+  shape: Shape,
+  naive: boolean,
+): Promise<BenchRow[]> {
+  const { M, N, K } = shape;
+  const x = gpu.upload(benchValues(M * K, 3), [M, K], "f32", "x");
+  const y = gpu.tensor([M, N], "f32", "y");
+  const tensors: Tensor[] = [x, y];
+  const group: Record<string, () => void> = {};
+  const skipped: BenchRow[] = [];
+  let naiveRecord: (() => void) | null = null;
+  for (const dtype of ["f32", "bf16"] as const) {
+    const tooLarge = weightTooLarge(gpu, N, K, dtype);
+    if (tooLarge) {
+      skipped.push({
+        section: "matmul",
+        name: "matmul",
+        shape: shapeText(shape),
+        dtype,
+        note: tooLarge,
+      });
+      continue;
+    }
+    const w = uploadWeight(gpu, N, K, dtype, 2);
+    tensors.push(w);
+    group[`matmul ${dtype}`] = () => matmul(gpu, x, w, y);
+    if (naive && dtype === "f32") naiveRecord = () => matmulNaive(gpu, x, w, y);
+  }
+  if (naiveRecord) group["matmulNaive f32"] = naiveRecord;
+
+  const times = await timeBest(gpu, group, ctx);
+  for (const t of tensors) t.buffer.destroy();
+
+  const rows: BenchRow[] = [...skipped];
+  for (const [key, t] of Object.entries(times)) {
+    const [name, dtype] = key.split(" ");
+    rows.push(timedRow(ctx, name, shape, dtype as DType, t));
+  }
+  const tiled = rows.find((r) => r.name === "matmul" && r.dtype === "f32" && r.gflops);
+  const slow = rows.find((r) => r.name === "matmulNaive");
+  if (tiled && slow) {
+    const ratio = tiled.gflops! / slow.gflops!;
+    tiled.note = `${ratio.toFixed(1)}x naive`;
+    slow.note = `tiled f32 is ${ratio.toFixed(1)}x this`;
+  }
+  return rows;
+}
+
+/** Measures the backward forms at `shape`: dx with bf16 weights and dW, timed in rotation. */
+async function measureBackward(gpu: Gpu, ctx: BenchContext, shape: Shape): Promise<BenchRow[]> {
+  const { M, N, K } = shape;
+  const dy = gpu.upload(benchValues(M * N, 4), [M, N], "f32", "dy");
+  const x = gpu.upload(benchValues(M * K, 3), [M, K], "f32", "x");
+  const dx = gpu.tensor([M, K], "f32", "dx");
+  const w = uploadWeight(gpu, N, K, "bf16", 2);
+  const dw = gpu.tensor([N, K], "f32", "dw");
+  const times = await timeBest(gpu, {
+    gradInput: () => matmulGradInput(gpu, dy, w, dx),
+    gradWeight: () => matmulGradWeight(gpu, dy, x, dw),
+  }, ctx);
+  for (const t of [dy, x, dx, w, dw]) t.buffer.destroy();
+  return [
+    timedRow(ctx, "matmulGradInput", shape, "bf16", times.gradInput),
+    timedRow(ctx, "matmulGradWeight", shape, "f32", times.gradWeight),
+  ];
+}
+
+/** Measures the tiled and naive matmuls; the tiled f32 row's note gives its speed-up over naive. */
 export async function matmulBench(gpu: Gpu, ctx: BenchContext): Promise<BenchRow[]> {
-  const tiles = matmulTiles(gpu.info);
-  ctx.log(`  tiles: ${JSON.stringify(tiles)}`);
+  ctx.log(`  tiles: ${JSON.stringify(matmulTiles(gpu.info))}`);
   const rows: BenchRow[] = [];
   // The naive kernel runs where its work is at most that of the naiveMax square.
   const naiveFlops = 2 * ctx.naiveMax ** 3;
 
   const shapes: Shape[] = [
-    ...ctx.squareSizes.map((s) => ({ M: s, N: s, K: s, label: `square ${s}` })),
+    ...ctx.squareSizes.map((s) => ({ M: s, N: s, K: s })),
     ...(ctx.llamaShapes ? LLAMA_SHAPES : []),
   ];
   for (const shape of shapes) {
-    const f32 = await measure(gpu, ctx, shape, "f32", "tiled");
-    const bf16 = await measure(gpu, ctx, shape, "bf16", "tiled");
-    rows.push(f32, bf16);
-    if (2 * shape.M * shape.N * shape.K <= naiveFlops) {
-      const naive = await measure(gpu, ctx, shape, "f32", "naive");
-      rows.push(naive);
-      if (f32.gflops && naive.gflops) {
-        const ratio = f32.gflops / naive.gflops;
-        f32.note = `${ratio.toFixed(1)}x naive`;
-        naive.note = `tiled f32 is ${ratio.toFixed(1)}x this`;
-      }
-    }
+    const naive = 2 * shape.M * shape.N * shape.K <= naiveFlops;
+    rows.push(...await measureShape(gpu, ctx, shape, naive));
   }
 
   // The backward forms at the attention shape, as a training step runs them.
-  if (ctx.llamaShapes) {
-    const attention = LLAMA_SHAPES[0];
-    rows.push(await measure(gpu, ctx, attention, "bf16", "gradInput"));
-    rows.push(await measure(gpu, ctx, attention, "f32", "gradWeight"));
-  }
+  if (ctx.llamaShapes) rows.push(...await measureBackward(gpu, ctx, LLAMA_SHAPES[0]));
   return rows;
 }

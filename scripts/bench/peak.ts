@@ -3,9 +3,9 @@
  * loads from a kernel that only reads and sums. Together they show what bounds a kernel: a matmul
  * far below the FMA peak whose load count per second is near the probe's is load-bound.
  */
-import { type Gpu, params } from "../../kernels/device.ts";
+import { type Gpu, params, type Tensor } from "../../kernels/device.ts";
 import { GRID_BUILTINS, LINEAR_WORKGROUP } from "../../kernels/wgsl.ts";
-import { type BenchContext, type BenchRow, benchValues, timeRepeated } from "../bench.ts";
+import { type BenchContext, type BenchRow, benchValues, timeBest } from "../bench.ts";
 
 const PEAK_WORKGROUP = 64;
 const PEAK_WORKGROUPS = 1024;
@@ -77,13 +77,18 @@ fn main(${GRID_BUILTINS}) {
 export async function peakBench(gpu: Gpu, ctx: BenchContext): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
 
+  // FMA chains: scalar and vec4, several chains per invocation to hide FMA latency.
   const out = gpu.tensor([PEAK_WORKGROUPS * PEAK_WORKGROUP], "f32", "peak out");
-  let peak = 0;
-  for (const [chains, vec] of [[8, 1], [16, 1], [4, 4]]) {
+  const iterations = 64;
+  const configs: Record<string, { chains: number; vec: number }> = {
+    "fma 8 chains of f32": { chains: 8, vec: 1 },
+    "fma 16 chains of f32": { chains: 16, vec: 1 },
+    "fma 4 chains of vec4<f32>": { chains: 4, vec: 4 },
+  };
+  const fmaGroup: Record<string, () => void> = {};
+  for (const [name, { chains, vec }] of Object.entries(configs)) {
     const pipeline = gpu.pipeline("benchPeak", `${chains}x${vec}`, () => peakCode(chains, vec));
-    const iterations = 64;
-    const flops = 2 * PEAK_WORKGROUPS * PEAK_WORKGROUP * chains * vec * iterations * PEAK_UNROLL;
-    const t = await timeRepeated(gpu, () => {
+    fmaGroup[name] = () =>
       gpu.dispatch(
         "benchPeak",
         pipeline,
@@ -91,51 +96,60 @@ export async function peakBench(gpu: Gpu, ctx: BenchContext): Promise<BenchRow[]
         [PEAK_WORKGROUPS],
         params([["u", iterations], ["f", 0.999], ["f", 1e-3]]),
       );
-    }, ctx.minSeconds);
-    const gflops = flops / t.seconds / 1e9;
-    peak = Math.max(peak, gflops);
+  }
+  const fmaTimes = await timeBest(gpu, fmaGroup, ctx);
+  for (const [name, { chains, vec }] of Object.entries(configs)) {
+    const t = fmaTimes[name];
+    const flops = 2 * PEAK_WORKGROUPS * PEAK_WORKGROUP * chains * vec * iterations * PEAK_UNROLL;
     rows.push({
       section: "peak",
-      name: `fma ${chains} chains of ${vec === 1 ? "f32" : `vec${vec}<f32>`}`,
+      name,
       dtype: "f32",
-      gflops,
+      gflops: flops / t.seconds / 1e9,
       ms: t.seconds * 1e3,
       reps: t.reps,
       note: "register-only FMA chains, one store per invocation",
     });
-    ctx.log(`  ${rows.at(-1)!.name}: ${gflops.toFixed(2)} GFLOP/s`);
   }
+  const peak = Math.max(...rows.map((r) => r.gflops!));
   ctx.peakGflops = peak;
   for (const row of rows) row.ofPeak = row.gflops! / peak;
+  ctx.log(`  f32 FMA peak: ${peak.toFixed(2)} GFLOP/s`);
+  out.buffer.destroy();
 
   // Load probe over a buffer larger than any cache, scalar and vec4 loads.
   const bytes = 64 * 2 ** 20;
   const floats = bytes / 4;
   const src = gpu.upload(benchValues(floats), [floats], "f32", "probe src");
+  const loadGroup: Record<string, () => void> = {};
+  const sums: Tensor[] = [];
   for (const vec of [1, 4]) {
     const invocations = floats / vec / PROBE_PER_INVOCATION;
     const workgroups = invocations / PROBE_WORKGROUP;
-    const sums = gpu.tensor([invocations], "f32", "probe out");
+    const probeOut = gpu.tensor([invocations], "f32", "probe out");
+    sums.push(probeOut);
     const pipeline = gpu.pipeline("benchLoad", `vec${vec}`, () => loadProbeCode(vec));
-    const t = await timeRepeated(gpu, () => {
-      gpu.dispatch("benchLoad", pipeline, [src, sums], [workgroups]);
-    }, ctx.minSeconds);
+    loadGroup[String(vec)] = () =>
+      gpu.dispatch("benchLoad", pipeline, [src, probeOut], [workgroups]);
+  }
+  const loadTimes = await timeBest(gpu, loadGroup, ctx);
+  for (const vec of [1, 4]) {
+    const t = loadTimes[String(vec)];
     const gbps = bytes / t.seconds / 1e9;
     const loadsPerSecond = floats / vec / t.seconds;
+    const type = vec === 1 ? "f32" : `vec${vec}<f32>`;
     rows.push({
       section: "peak",
-      name: `load probe ${vec === 1 ? "f32" : `vec${vec}<f32>`}`,
+      name: `load probe ${type}`,
       shape: `${bytes / 2 ** 20} MiB`,
       dtype: "f32",
       gbps,
       ms: t.seconds * 1e3,
       reps: t.reps,
-      note: `${(loadsPerSecond / 1e6).toFixed(1)} M loads/s (one load = ${vec} floats)`,
+      note: `${(loadsPerSecond / 1e6).toFixed(1)} M loads of one ${type} per second`,
     });
-    ctx.log(`  ${rows.at(-1)!.name}: ${gbps.toFixed(3)} GB/s`);
-    sums.buffer.destroy();
+    ctx.log(`  load probe ${type}: ${gbps.toFixed(3)} GB/s`);
   }
-  src.buffer.destroy();
-  out.buffer.destroy();
+  for (const t of [src, ...sums]) t.buffer.destroy();
   return rows;
 }

@@ -107,8 +107,8 @@ async function checkForm(
 }
 
 /**
- * (M, N, K) combinations: none a multiple of a tile, M = 1 (decode), odd and even reductions (packed
- * weights are read two values per load only when the dimension they pair along is even).
+ * (M, N, K) combinations: none a multiple of a tile, M = 1 (decode), odd and even reductions.
+ * Packed weights are read two values per load only when the dimension they pair along is even.
  */
 const SHAPES: [number, number, number][] = [
   [7, 13, 17],
@@ -124,7 +124,7 @@ const SHAPES: [number, number, number][] = [
  * Small tiles for the full matrix of forms, weight types, shapes and accumulation: two rows of
  * four invocations with 2 x 4 accumulators each, so the shapes above cross tile edges both ways.
  * Each such pipeline compiles in well under a second on lavapipe, where the default 8 x 16 tile
- * takes several; the default tiles get their own test on fewer shapes below.
+ * takes several seconds, so the default tiles get their own test on fewer shapes below.
  */
 const SMALL_TILES: MatmulTiles = { wgRows: 2, wgCols: 4, rows: 2, cols: 4, depth: 0 };
 
