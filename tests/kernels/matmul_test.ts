@@ -276,6 +276,34 @@ gpuTest("matmul rejects tiles over device limits", async (gpu) => {
   await gpu.sync();
 });
 
+gpuTest("large grids fold under workgroup limit", async (gpu) => {
+  // Over 65535 workgroups in one dimension: the launchers must fold the grid into two, and every
+  // output must still be written exactly once.
+  const rng = testRng();
+  const maxGroups = gpu.info.maxComputeWorkgroupsPerDimension;
+  const tiles = { wgRows: 1, wgCols: 8, rows: 1, cols: 1, depth: 0 };
+  const cases = [
+    { name: "matmul", N: maxGroups * 8 + 13, groups: (N: number) => Math.ceil(N / 8) },
+    { name: "matmulNaive", N: maxGroups * 64 + 13, groups: (N: number) => Math.ceil(N / 64) },
+  ];
+  for (const { name, N, groups } of cases) {
+    assert.ok(groups(N) > maxGroups, `${name}: ${groups(N)} workgroups fit one dimension`);
+    // Multiples of 1/64 below 16 in magnitude, so 1.5 * w is exact in f32 and must match exactly.
+    const offset = rng.int(1000);
+    const w = Float32Array.from({ length: N }, (_, i) => (((i * 7919 + offset) % 1000) - 500) / 64);
+    const xT = gpu.upload(Float32Array.of(1.5), [1, 1], "f32", "x");
+    const wT = gpu.upload(w, [N, 1], "f32", "w");
+    const y = gpu.tensor([1, N], "f32", "y");
+    if (name === "matmul") matmul(gpu, xT, wT, y, { tiles });
+    else matmulNaive(gpu, xT, wT, y);
+    const expected = Float64Array.from(w, (v) => 1.5 * v);
+    assertClose(await gpu.readF32(y), expected, `${name} N=${N} seed ${rng.seed}`, {
+      rtol: 0,
+      atol: 0,
+    });
+  }
+});
+
 gpuTest("matmul over workgroup limit throws before dispatch", async (gpu) => {
   // Tensors whose shapes claim billions of rows but share one tiny buffer: the launcher must throw
   // from the workgroup-count check before any GPU work is recorded.
