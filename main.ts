@@ -150,7 +150,11 @@ addModelOptions(
     num("--clip-grad", 0),
     0,
   )
-  .option("--max-seq-len <n>", "longest training sequence in tokens", int("--max-seq-len", 2), 512)
+  .option(
+    "--max-seq-len <n>",
+    "longest training sequence in tokens (default: 512 or the model's context, if shorter)",
+    int("--max-seq-len", 2),
+  )
   .addOption(
     new Option("--on-long <policy>", "what to do with examples longer than --max-seq-len")
       .choices(["truncate", "skip"]).default("truncate"),

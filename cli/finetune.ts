@@ -1,13 +1,8 @@
-/** `finetune`: train an adapter; see `train/finetune.ts`. */
+/** `finetune`: train an adapter or, with --full, every weight; see `train/finetune.ts`. */
 import { finetune, type FinetuneOptions } from "../train/finetune.ts";
 
-/** Runs the finetune command. */
-export async function runFinetune(o: FinetuneOptions & { full?: boolean }): Promise<void> {
-  if (o.full) {
-    const { finetuneFull } = await import("../train/finetune_full.ts");
-    await finetuneFull(o);
-    return;
-  }
+/** Runs the finetune command and prints the run's summary as JSON. */
+export async function runFinetune(o: FinetuneOptions): Promise<void> {
   const { summary } = await finetune(o);
   console.log(JSON.stringify(summary, null, 2));
 }

@@ -16,6 +16,8 @@ import { Llama } from "./llama.ts";
 export interface OpenOptions {
   /** Checkpoint file or directory. */
   model: string;
+  /** Weights already loaded (or initialised); `model` is then only a name for messages. */
+  checkpoint?: ModelWeights;
   /** Tokenizer file; by default one found beside the model. */
   tokenizer?: string;
   /** Skip the tokenizer (for token-id work such as logits checks). */
@@ -42,7 +44,7 @@ export interface OpenedModel {
 
 /** Opens a model, its tokenizer and optionally an adapter. Throws with the file and the fix. */
 export async function openModel(options: OpenOptions): Promise<OpenedModel> {
-  const checkpoint = await loadModel(options.model);
+  const checkpoint = options.checkpoint ?? await loadModel(options.model);
   const tokenizer = options.noTokenizer
     ? null
     : await loadTokenizer(options.tokenizer ?? options.model, {

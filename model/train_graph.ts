@@ -93,6 +93,12 @@ export class TrainGraph {
     if (!full && !evalOnly && !model.adapter) {
       throw new Error("TrainGraph needs an adapter, full: true or evalOnly: true");
     }
+    if (full && model.weights.storage !== "f32") {
+      throw new Error(
+        `full fine-tuning needs f32 weights on the GPU, they are stored as ` +
+          `${model.weights.storage}; use --weights f32`,
+      );
+    }
     this.first = evalOnly ? c.nLayers : full ? 0 : model.adapter!.first;
     const L = model.adapter?.config.length ?? 1;
     const M = B * T;

@@ -19,6 +19,10 @@ import {
 import { encodeAdapter, readAdapterFile, saveAdapter } from "../model/adapter_file.ts";
 import type { WeightStorage } from "../model/gpu_weights.ts";
 import { type OpenedModel, openModel } from "../model/open.ts";
+import type { ModelConfig } from "../model/config.ts";
+import { randomWeights } from "../model/init.ts";
+import { encodeHfModel, saveHfModel } from "../model/save_hf.ts";
+import { numel } from "../kernels/device.ts";
 import { TrainGraph } from "../model/train_graph.ts";
 import { writeFileAtomic } from "./atomic.ts";
 import {
@@ -57,7 +61,8 @@ export interface FinetuneOptions {
   beta1: number;
   beta2: number;
   clipGrad: number;
-  maxSeqLen: number;
+  /** Longest example in tokens; default 512 or the model's context, whichever is shorter. */
+  maxSeqLen?: number;
   onLong: "truncate" | "skip";
   onBadRecord: "skip" | "fail";
   template: TemplateName;
@@ -71,6 +76,10 @@ export interface FinetuneOptions {
   quiet?: boolean;
   /** Stop after this many steps with a checkpoint, as an interrupted run would (for tests). */
   stopAtStep?: number;
+  /** Train every weight instead of an adapter; the result is a model folder `<out>/model`. */
+  full?: boolean;
+  /** Start from random weights of this architecture instead of `model` (pretraining). */
+  init?: { config: ModelConfig; seed: number };
 }
 
 /** What `finetune` produced. */
@@ -88,20 +97,54 @@ function resumeKey(o: FinetuneOptions, layers: number): Record<string, unknown> 
     adapterLen: o.adapterLen,
     batchSize: o.batchSize,
     gradAccum: o.gradAccum,
-    maxSeqLen: o.maxSeqLen,
+    maxSeqLen: o.maxSeqLen ?? null,
     seed: o.seed,
     template: o.template,
   };
 }
 
-/** Fine-tunes an adapter; see the module comment for what is written. */
+/** Returns the newest checkpoint folder in `out`, or throws when there is none. */
+async function newestCheckpoint(out: string): Promise<string> {
+  const names = await listCheckpoints(out);
+  if (!names.length) {
+    throw new Error(`--resume: no checkpoint found in ${out}/checkpoints; start without --resume`);
+  }
+  return `${out}/checkpoints/${names[names.length - 1]}`;
+}
+
+/**
+ * Fine-tunes an adapter (or, with `full`, every weight); see the module comment for what is
+ * written. A full run resumes from the weights stored in its newest checkpoint.
+ */
 export async function finetune(o: FinetuneOptions): Promise<FinetuneResult> {
-  const opened = await openModel({
-    model: o.model,
-    tokenizer: o.tokenizer,
-    weights: o.weights,
-    log: !o.quiet,
-  });
+  if (o.full && o.weights && o.weights !== "auto" && o.weights !== "f32") {
+    throw new Error(`--full trains every weight in f32; --weights ${o.weights} is not possible`);
+  }
+  const tokenizer = o.tokenizer ?? o.model;
+  let opened: OpenedModel;
+  if (o.full && o.resume) {
+    opened = await openModel({
+      model: await newestCheckpoint(o.out),
+      tokenizer,
+      weights: "f32",
+      log: !o.quiet,
+    });
+  } else if (o.init) {
+    opened = await openModel({
+      model: o.model,
+      checkpoint: randomWeights(o.init.config, o.init.seed),
+      tokenizer,
+      weights: "f32",
+      log: !o.quiet,
+    });
+  } else {
+    opened = await openModel({
+      model: o.model,
+      tokenizer,
+      weights: o.full ? "f32" : o.weights,
+      log: !o.quiet,
+    });
+  }
   try {
     return await finetuneOpened(o, opened);
   } finally {
@@ -116,15 +159,16 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
   const { gpu, llama, checkpoint, fingerprint } = opened;
   const tokenizer = opened.tokenizer!;
   const config = checkpoint.config;
-  if (o.maxSeqLen > config.maxSeqLen) {
+  const maxSeqLen = o.maxSeqLen ?? Math.min(512, config.maxSeqLen);
+  if (maxSeqLen > config.maxSeqLen) {
     throw new Error(
-      `--max-seq-len ${o.maxSeqLen} exceeds the model's context of ${config.maxSeqLen} tokens`,
+      `--max-seq-len ${maxSeqLen} exceeds the model's context of ${config.maxSeqLen} tokens`,
     );
   }
 
   const data = await loadTrainingData(o.data, {
     tokenizer,
-    maxSeqLen: o.maxSeqLen,
+    maxSeqLen,
     template: o.template,
     overLength: o.onLong,
     onBadRecord: o.onBadRecord,
@@ -133,25 +177,20 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
     seed: o.seed,
     onReport: (bad) => log(`warning: ${bad.file}:${bad.line}: ${bad.message} (skipped)`),
   });
-  log(`data ${o.data}: ${summarizeStats(data.trainStats, o.maxSeqLen)}`);
-  if (data.valStats) log(`validation ${o.valData}: ${summarizeStats(data.valStats, o.maxSeqLen)}`);
+  log(`data ${o.data}: ${summarizeStats(data.trainStats, maxSeqLen)}`);
+  if (data.valStats) log(`validation ${o.valData}: ${summarizeStats(data.valStats, maxSeqLen)}`);
 
-  const layers = o.adapterLayers ?? defaultAdapterLayers(config);
+  const full = o.full ?? false;
+  const layers = full ? config.nLayers : o.adapterLayers ?? defaultAdapterLayers(config);
   const adapterConfig = { layers, length: o.adapterLen };
   await Deno.mkdir(o.out, { recursive: true });
 
-  // A fresh adapter, or the newest checkpoint when resuming.
-  let adapter: Adapter = initAdapter(config, adapterConfig, o.seed);
+  // A fresh adapter, or the newest checkpoint when resuming (a full run opened its weights).
+  let adapter: Adapter | null = full ? null : initAdapter(config, adapterConfig, o.seed);
   let resumeDir: string | null = null;
   let state: TrainState | null = null;
   if (o.resume) {
-    const names = await listCheckpoints(o.out);
-    if (!names.length) {
-      throw new Error(
-        `--resume: no checkpoint found in ${o.out}/checkpoints; start without --resume`,
-      );
-    }
-    resumeDir = `${o.out}/checkpoints/${names[names.length - 1]}`;
+    resumeDir = await newestCheckpoint(o.out);
     state = await readState(resumeDir);
     const expected = resumeKey(o, layers);
     for (const [k, v] of Object.entries(expected)) {
@@ -163,8 +202,7 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
         );
       }
     }
-    const file = await readAdapterFile(`${resumeDir}/adapter.safetensors`);
-    adapter = file.adapter;
+    if (!full) adapter = (await readAdapterFile(`${resumeDir}/adapter.safetensors`)).adapter;
     log(`resuming from ${resumeDir} at step ${state.step}`);
   }
   llama.setAdapter(adapter);
@@ -177,6 +215,7 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
       ...data.val.map((e) => e.ids.length),
     ),
     recompute: o.recompute,
+    full,
   });
 
   const effectiveBatch = o.batchSize * o.gradAccum;
@@ -226,9 +265,13 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
   };
   state.totalSteps = totalSteps;
 
-  const paramCount = adapterParameterCount(config, adapterConfig);
+  const paramCount = full
+    ? graph.parameters().reduce((n, t) => n + numel(t.shape), 0)
+    : adapterParameterCount(config, adapterConfig);
   log(
-    `adapter: ${layers} of ${config.nLayers} blocks, prompt length ${o.adapterLen}, ` +
+    (full
+      ? `full fine-tuning: all ${config.nLayers} blocks, `
+      : `adapter: ${layers} of ${config.nLayers} blocks, prompt length ${o.adapterLen}, `) +
       `${paramCount} trainable parameters; ${totalSteps} steps of ${effectiveBatch} examples, ` +
       `peak lr ${lr.toExponential(3)}, ${trainer.settings.schedule.warmupSteps} warm-up steps`,
   );
@@ -244,7 +287,6 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
   try {
     result = await trainer.run(state, data.val, metrics, {
       save: async (s, moments) => {
-        const current = await llama.readAdapter();
         const m: { name: string; shape: number[]; m: Float32Array; v: Float32Array }[] = [];
         for (const x of moments) {
           m.push({
@@ -254,10 +296,19 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
             v: await gpu.readF32(x.v),
           });
         }
-        await writeCheckpoint(o.out, s, [
-          { name: "adapter.safetensors", bytes: encodeAdapter(config, current, meta(s.step)) },
-          { name: "optimizer.safetensors", bytes: encodeMoments(m) },
-        ], o.keep);
+        const files = [{ name: "optimizer.safetensors", bytes: encodeMoments(m) }];
+        if (full) {
+          const model = await encodeHfModel(gpu, llama.weights);
+          files.push({ name: "model.safetensors", bytes: model.safetensors });
+          files.push({ name: "config.json", bytes: new TextEncoder().encode(model.config) });
+        } else {
+          const current = await llama.readAdapter();
+          files.push({
+            name: "adapter.safetensors",
+            bytes: encodeAdapter(config, current, meta(s.step)),
+          });
+        }
+        await writeCheckpoint(o.out, s, files, o.keep);
       },
       log,
     }, !o.quiet);
@@ -265,9 +316,14 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
     metrics.close();
   }
 
-  const adapterPath = `${o.out}/adapter.safetensors`;
+  const adapterPath = full ? `${o.out}/model` : `${o.out}/adapter.safetensors`;
   if (result.stoppedBy === "done" && result.state.step === totalSteps) {
-    await saveAdapter(adapterPath, config, await llama.readAdapter(), meta(result.state.step));
+    if (full) {
+      await saveHfModel(adapterPath, gpu, llama.weights);
+      await copyTokenizer(tokenizer.source, adapterPath);
+    } else {
+      await saveAdapter(adapterPath, config, await llama.readAdapter(), meta(result.state.step));
+    }
   }
 
   const records = await readMetrics(`${o.out}/metrics.jsonl`);
@@ -315,8 +371,18 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
       `final training loss ${summary.finalTrainLoss?.toFixed(4) ?? "-"}, validation loss ` +
       `${result.finalValLoss?.toFixed(4) ?? "-"}; ` +
       (finished
-        ? `adapter written to ${adapterPath}`
+        ? `${full ? "model" : "adapter"} written to ${adapterPath}`
         : `checkpoint in ${o.out}/checkpoints; continue with --resume`),
   );
   return { adapterPath, result, summary };
+}
+
+/** Copies a tokenizer file into a model folder under its conventional name. */
+async function copyTokenizer(source: string, dir: string): Promise<void> {
+  const name = source.endsWith(".model")
+    ? "tokenizer.model"
+    : source.endsWith(".json")
+    ? "tokenizer.json"
+    : "tokenizer.bin";
+  await Deno.copyFile(source, `${dir}/${name}`);
 }
