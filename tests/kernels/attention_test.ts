@@ -5,6 +5,7 @@ import {
   type AttentionBackwardArgs,
   attentionForward,
   type AttentionForwardArgs,
+  type AttentionPath,
 } from "../../kernels/attention.ts";
 import {
   attentionBackwardRef,
@@ -47,7 +48,13 @@ interface GpuTensors {
 }
 
 /** Uploads the inputs and allocates outputs; `withPrompt` false leaves the prompt out entirely. */
-function uploadCase(gpu: Gpu, d: AttentionDims, inp: Inputs, withPrompt: boolean): GpuTensors {
+function uploadCase(
+  gpu: Gpu,
+  d: AttentionDims,
+  inp: Inputs,
+  withPrompt: boolean,
+  path: AttentionPath,
+): GpuTensors {
   const { B, T, S, H, Hkv, D, L } = d;
   const qShape = [B, T, H, D];
   const kvShape = [B, S, Hkv, D];
@@ -73,7 +80,17 @@ function uploadCase(gpu: Gpu, d: AttentionDims, inp: Inputs, withPrompt: boolean
     : undefined;
   const pos0 = d.pos0;
   return {
-    forward: { q, k, v, out, pos0, prompt, lse, promptLse: withPrompt ? promptLse : undefined },
+    forward: {
+      q,
+      k,
+      v,
+      out,
+      pos0,
+      prompt,
+      lse,
+      promptLse: withPrompt ? promptLse : undefined,
+      path,
+    },
     backward: {
       q,
       k,
@@ -88,6 +105,7 @@ function uploadCase(gpu: Gpu, d: AttentionDims, inp: Inputs, withPrompt: boolean
       dk: gpu.tensor(kvShape, "f32", "dk"),
       dv: gpu.tensor(kvShape, "f32", "dv"),
       dPrompt,
+      path,
     },
   };
 }
@@ -96,134 +114,160 @@ function describe(d: AttentionDims): string {
   return `B=${d.B} T=${d.T} S=${d.S} H=${d.H} Hkv=${d.Hkv} D=${d.D} L=${d.L} pos0=${d.pos0}`;
 }
 
-const CASES: AttentionDims[] = [
-  { B: 2, T: 5, S: 5, H: 4, Hkv: 2, D: 8, L: 3, pos0: 0 },
-  { B: 1, T: 33, S: 40, H: 2, Hkv: 2, D: 16, L: 3, pos0: 4 },
-  { B: 2, T: 33, S: 33, H: 2, Hkv: 1, D: 64, L: 0, pos0: 0 },
-  { B: 2, T: 1, S: 12, H: 4, Hkv: 2, D: 64, L: 3, pos0: 9 },
-  { B: 1, T: 5, S: 9, H: 3, Hkv: 3, D: 16, L: 0, pos0: 2 },
-  { B: 1, T: 33, S: 33, H: 4, Hkv: 1, D: 8, L: 3, pos0: 0 },
+// The direct path (the default on this CI's software adapter) runs every case. The tiled path, for
+// GPUs, compiles a pipeline per head size, which takes seconds each on lavapipe, so its cases
+// share D = 16 except for the vec2 layout (D = 6) and the small-tile path (D = 256).
+const CASES: (AttentionDims & { paths: AttentionPath[] })[] = [
+  { B: 2, T: 5, S: 5, H: 4, Hkv: 2, D: 8, L: 3, pos0: 0, paths: ["direct"] },
+  { B: 1, T: 33, S: 40, H: 2, Hkv: 2, D: 16, L: 3, pos0: 4, paths: ["direct", "tiled"] },
+  { B: 2, T: 33, S: 33, H: 2, Hkv: 1, D: 64, L: 0, pos0: 0, paths: ["direct"] },
+  { B: 2, T: 33, S: 33, H: 4, Hkv: 2, D: 16, L: 3, pos0: 0, paths: ["tiled"] },
+  // Decode: one query at position 9 of a 12-slot cache.
+  { B: 2, T: 1, S: 12, H: 4, Hkv: 2, D: 64, L: 3, pos0: 9, paths: ["direct"] },
+  { B: 2, T: 1, S: 12, H: 4, Hkv: 2, D: 16, L: 3, pos0: 9, paths: ["tiled"] },
+  { B: 1, T: 5, S: 9, H: 3, Hkv: 3, D: 16, L: 0, pos0: 2, paths: ["direct", "tiled"] },
+  { B: 1, T: 33, S: 33, H: 4, Hkv: 1, D: 8, L: 3, pos0: 0, paths: ["direct"] },
   // More prompt positions than one key block, and a head size that is not a multiple of 4.
-  { B: 1, T: 5, S: 7, H: 2, Hkv: 1, D: 6, L: 35, pos0: 1 },
+  { B: 1, T: 5, S: 7, H: 2, Hkv: 1, D: 6, L: 35, pos0: 1, paths: ["direct", "tiled"] },
   // Large heads take the small-tile path.
-  { B: 1, T: 3, S: 5, H: 2, Hkv: 1, D: 256, L: 3, pos0: 2 },
+  { B: 1, T: 3, S: 5, H: 2, Hkv: 1, D: 256, L: 3, pos0: 2, paths: ["direct", "tiled"] },
 ];
 
-for (const d of CASES) {
-  gpuTest(`attention forward and backward, ${describe(d)}`, async (gpu) => {
-    const rng = testRng();
-    const what = `${describe(d)} seed ${rng.seed}`;
-    const inp = randomInputs(rng, d);
-    const t = uploadCase(gpu, d, inp, d.L > 0);
-    attentionForward(gpu, t.forward);
-    attentionBackward(gpu, t.backward);
+const PATHS: AttentionPath[] = ["direct", "tiled"];
 
-    const ref = attentionForwardRef(d, inp.x);
-    assertClose(await gpu.readF32(t.forward.out), ref.out, `out ${what}`, FORWARD_TOL);
-    assertClose(await gpu.readF32(t.forward.lse!), ref.lse, `lse ${what}`, FORWARD_TOL);
-    if (d.L > 0) {
-      const promptLse = await gpu.readF32(t.forward.promptLse!);
-      assertClose(promptLse, ref.promptLse, `promptLse ${what}`, FORWARD_TOL);
-    }
+for (const path of PATHS) {
+  for (const d of CASES.filter((c) => c.paths.includes(path))) {
+    gpuTest(`attention ${path} forward and backward, ${describe(d)}`, async (gpu) => {
+      const rng = testRng();
+      const what = `${path} ${describe(d)} seed ${rng.seed}`;
+      const inp = randomInputs(rng, d);
+      const t = uploadCase(gpu, d, inp, d.L > 0, path);
+      attentionForward(gpu, t.forward);
+      attentionBackward(gpu, t.backward);
 
-    const g = attentionBackwardRef(d, inp.x, inp.dOut);
-    const b = t.backward;
-    assertClose(await gpu.readF32(b.dq), g.dq, `dq ${what}`, BACKWARD_TOL);
-    assertClose(await gpu.readF32(b.dk), g.dk, `dk ${what}`, BACKWARD_TOL);
-    assertClose(await gpu.readF32(b.dv), g.dv, `dv ${what}`, BACKWARD_TOL);
-    if (d.L > 0) {
-      assertClose(await gpu.readF32(b.dPrompt!.keys), g.dpk, `dpk ${what}`, BACKWARD_TOL);
-      assertClose(await gpu.readF32(b.dPrompt!.values), g.dpv, `dpv ${what}`, BACKWARD_TOL);
-      assertClose(await gpu.readF32(b.dPrompt!.gate), g.dgate, `dgate ${what}`, BACKWARD_TOL);
-    }
-  });
+      const ref = attentionForwardRef(d, inp.x);
+      assertClose(await gpu.readF32(t.forward.out), ref.out, `out ${what}`, FORWARD_TOL);
+      assertClose(await gpu.readF32(t.forward.lse!), ref.lse, `lse ${what}`, FORWARD_TOL);
+      if (d.L > 0) {
+        const promptLse = await gpu.readF32(t.forward.promptLse!);
+        assertClose(promptLse, ref.promptLse, `promptLse ${what}`, FORWARD_TOL);
+      }
+
+      const g = attentionBackwardRef(d, inp.x, inp.dOut);
+      const b = t.backward;
+      assertClose(await gpu.readF32(b.dq), g.dq, `dq ${what}`, BACKWARD_TOL);
+      assertClose(await gpu.readF32(b.dk), g.dk, `dk ${what}`, BACKWARD_TOL);
+      assertClose(await gpu.readF32(b.dv), g.dv, `dv ${what}`, BACKWARD_TOL);
+      if (d.L > 0) {
+        assertClose(await gpu.readF32(b.dPrompt!.keys), g.dpk, `dpk ${what}`, BACKWARD_TOL);
+        assertClose(await gpu.readF32(b.dPrompt!.values), g.dpv, `dpv ${what}`, BACKWARD_TOL);
+        assertClose(await gpu.readF32(b.dPrompt!.gate), g.dgate, `dgate ${what}`, BACKWARD_TOL);
+      }
+    });
+  }
 }
 
-gpuTest("attention forward without saved lse", async (gpu) => {
-  const rng = testRng();
-  const d: AttentionDims = { B: 1, T: 5, S: 8, H: 2, Hkv: 1, D: 16, L: 3, pos0: 3 };
-  const inp = randomInputs(rng, d);
-  const t = uploadCase(gpu, d, inp, true);
-  attentionForward(gpu, { ...t.forward, lse: undefined, promptLse: undefined });
-  const ref = attentionForwardRef(d, inp.x);
-  assertClose(await gpu.readF32(t.forward.out), ref.out, `out seed ${rng.seed}`, FORWARD_TOL);
-});
-
-gpuTest("attention backward accumulates into gradients", async (gpu) => {
-  const rng = testRng();
-  const d: AttentionDims = { B: 2, T: 6, S: 8, H: 4, Hkv: 2, D: 8, L: 3, pos0: 2 };
-  const inp = randomInputs(rng, d);
-  const t = uploadCase(gpu, d, inp, true);
-  const b = t.backward;
-  const targets: [Tensor, number][] = [
-    [b.dq, inp.x.q.length],
-    [b.dk, inp.x.k.length],
-    [b.dv, inp.x.v.length],
-    [b.dPrompt!.keys, inp.pk.length],
-    [b.dPrompt!.values, inp.pv.length],
-    [b.dPrompt!.gate, d.H],
-  ];
-  const initial = targets.map(([tensor, n]) => {
-    const values = rng.normals(n);
-    gpu.write(tensor, values);
-    return values;
+for (const path of PATHS) {
+  gpuTest(`attention ${path} forward without saved lse`, async (gpu) => {
+    const rng = testRng();
+    const d: AttentionDims = { B: 1, T: 5, S: 8, H: 2, Hkv: 1, D: 16, L: 3, pos0: 3 };
+    const inp = randomInputs(rng, d);
+    const t = uploadCase(gpu, d, inp, true, path);
+    attentionForward(gpu, { ...t.forward, lse: undefined, promptLse: undefined });
+    const ref = attentionForwardRef(d, inp.x);
+    assertClose(
+      await gpu.readF32(t.forward.out),
+      ref.out,
+      `out ${path} seed ${rng.seed}`,
+      FORWARD_TOL,
+    );
   });
-  attentionForward(gpu, t.forward);
-  attentionBackward(gpu, { ...b, accumulate: true });
 
-  const g = attentionBackwardRef(d, inp.x, inp.dOut);
-  const grads = [g.dq, g.dk, g.dv, g.dpk, g.dpv, g.dgate];
-  for (let i = 0; i < targets.length; i++) {
-    const expected = grads[i].map((x, j) => x + initial[i][j]);
-    const name = targets[i][0].label;
-    const actual = await gpu.readF32(targets[i][0]);
-    assertClose(actual, expected, `${name} seed ${rng.seed}`, BACKWARD_TOL);
-  }
-});
-
-gpuTest("attention with zero gates equals plain attention", async (gpu) => {
-  const rng = testRng();
-  const d: AttentionDims = { B: 2, T: 33, S: 37, H: 4, Hkv: 2, D: 16, L: 3, pos0: 4 };
-  const inp = randomInputs(rng, d);
-  inp.gate.fill(0);
-  const plain = uploadCase(gpu, d, inp, false);
-  const adapted = uploadCase(gpu, d, inp, true);
-  for (const t of [plain, adapted]) {
+  gpuTest(`attention ${path} backward accumulates into gradients`, async (gpu) => {
+    const rng = testRng();
+    const d: AttentionDims = { B: 2, T: 6, S: 8, H: 4, Hkv: 2, D: 16, L: 3, pos0: 2 };
+    const inp = randomInputs(rng, d);
+    const t = uploadCase(gpu, d, inp, true, path);
+    const b = t.backward;
+    const targets: [Tensor, number][] = [
+      [b.dq, inp.x.q.length],
+      [b.dk, inp.x.k.length],
+      [b.dv, inp.x.v.length],
+      [b.dPrompt!.keys, inp.pk.length],
+      [b.dPrompt!.values, inp.pv.length],
+      [b.dPrompt!.gate, d.H],
+    ];
+    const initial = targets.map(([tensor, n]) => {
+      const values = rng.normals(n);
+      gpu.write(tensor, values);
+      return values;
+    });
     attentionForward(gpu, t.forward);
-    attentionBackward(gpu, t.backward);
-  }
+    attentionBackward(gpu, { ...b, accumulate: true });
 
-  // Same bits, not merely close: the prompt part is multiplied by tanh(0) = 0.
-  const plainOut = await gpu.readF32(plain.forward.out);
-  const adaptedOut = await gpu.readF32(adapted.forward.out);
-  assert.deepStrictEqual(new Uint32Array(adaptedOut.buffer), new Uint32Array(plainOut.buffer));
-  const plainLse = await gpu.readF32(plain.forward.lse!);
-  const adaptedLse = await gpu.readF32(adapted.forward.lse!);
-  assert.deepStrictEqual(adaptedLse, plainLse);
+    const g = attentionBackwardRef(d, inp.x, inp.dOut);
+    const grads = [g.dq, g.dk, g.dv, g.dpk, g.dpv, g.dgate];
+    for (let i = 0; i < targets.length; i++) {
+      const expected = grads[i].map((x, j) => x + initial[i][j]);
+      const name = targets[i][0].label;
+      const actual = await gpu.readF32(targets[i][0]);
+      assertClose(actual, expected, `${name} ${path} seed ${rng.seed}`, BACKWARD_TOL);
+    }
+  });
 
-  for (const name of ["dq", "dk", "dv"] as const) {
-    const a = await gpu.readF32(adapted.backward[name]);
-    const p = await gpu.readF32(plain.backward[name]);
-    const differing = a.findIndex((x, i) => x !== p[i]);
-    assert.equal(differing, -1, `${name} element ${differing}: ${a[differing]} vs ${p[differing]}`);
-  }
-  const dPrompt = adapted.backward.dPrompt!;
-  const dpk = await gpu.readF32(dPrompt.keys);
-  const dpv = await gpu.readF32(dPrompt.values);
-  assert.ok(
-    dpk.every((x) => x === 0),
-    `dpk is not all zero: max ${Math.max(...dpk.map(Math.abs))}`,
-  );
-  assert.ok(
-    dpv.every((x) => x === 0),
-    `dpv is not all zero: max ${Math.max(...dpv.map(Math.abs))}`,
-  );
+  gpuTest(`attention ${path} with zero gates equals plain attention`, async (gpu) => {
+    const rng = testRng();
+    const d: AttentionDims = { B: 2, T: 33, S: 37, H: 4, Hkv: 2, D: 16, L: 3, pos0: 4 };
+    const inp = randomInputs(rng, d);
+    inp.gate.fill(0);
+    const plain = uploadCase(gpu, d, inp, false, path);
+    const adapted = uploadCase(gpu, d, inp, true, path);
+    for (const t of [plain, adapted]) {
+      attentionForward(gpu, t.forward);
+      attentionBackward(gpu, t.backward);
+    }
 
-  // The first gradient reaches the gates alone.
-  const g = attentionBackwardRef(d, inp.x, inp.dOut);
-  assert.ok(g.dgate.some((x) => Math.abs(x) > 1e-3), "reference gate gradient is zero");
-  assertClose(await gpu.readF32(dPrompt.gate), g.dgate, `dgate seed ${rng.seed}`, BACKWARD_TOL);
-});
+    // Same bits, not merely close: the prompt part is multiplied by tanh(0) = 0.
+    const plainOut = await gpu.readF32(plain.forward.out);
+    const adaptedOut = await gpu.readF32(adapted.forward.out);
+    assert.deepStrictEqual(new Uint32Array(adaptedOut.buffer), new Uint32Array(plainOut.buffer));
+    const plainLse = await gpu.readF32(plain.forward.lse!);
+    const adaptedLse = await gpu.readF32(adapted.forward.lse!);
+    assert.deepStrictEqual(adaptedLse, plainLse);
+
+    for (const name of ["dq", "dk", "dv"] as const) {
+      const a = await gpu.readF32(adapted.backward[name]);
+      const p = await gpu.readF32(plain.backward[name]);
+      const differing = a.findIndex((x, i) => x !== p[i]);
+      assert.equal(
+        differing,
+        -1,
+        `${name} element ${differing}: ${a[differing]} vs ${p[differing]}`,
+      );
+    }
+    const dPrompt = adapted.backward.dPrompt!;
+    const dpk = await gpu.readF32(dPrompt.keys);
+    const dpv = await gpu.readF32(dPrompt.values);
+    assert.ok(
+      dpk.every((x) => x === 0),
+      `dpk is not all zero: max ${Math.max(...dpk.map(Math.abs))}`,
+    );
+    assert.ok(
+      dpv.every((x) => x === 0),
+      `dpv is not all zero: max ${Math.max(...dpv.map(Math.abs))}`,
+    );
+
+    // The first gradient reaches the gates alone.
+    const g = attentionBackwardRef(d, inp.x, inp.dOut);
+    assert.ok(g.dgate.some((x) => Math.abs(x) > 1e-3), "reference gate gradient is zero");
+    assertClose(
+      await gpu.readF32(dPrompt.gate),
+      g.dgate,
+      `dgate ${path} seed ${rng.seed}`,
+      BACKWARD_TOL,
+    );
+  });
+}
 
 gpuTest("attention backward reference matches central differences", () => {
   const rng = testRng();
@@ -260,7 +304,7 @@ gpuTest("attention backward reference matches central differences", () => {
 gpuTest("attention rejects mismatched shapes", async (gpu) => {
   const d: AttentionDims = { B: 1, T: 5, S: 5, H: 2, Hkv: 1, D: 8, L: 3, pos0: 0 };
   const inp = randomInputs(testRng(), d);
-  const t = uploadCase(gpu, d, inp, true);
+  const t = uploadCase(gpu, d, inp, true, "direct");
   const wrongOut = gpu.tensor([1, 5, 2, 4], "f32", "out");
   assert.throws(
     () => attentionForward(gpu, { ...t.forward, out: wrongOut }),
