@@ -83,7 +83,8 @@ const program = new Command()
 addSamplingOptions(addModelOptions(
   program.command("generate").description("generate a continuation of a prompt"),
 ))
-  .requiredOption("--prompt <text>", "prompt text")
+  .option("--prompt <text>", "prompt text")
+  .option("--prompt-file <path>", "read the prompt from a UTF-8 text file instead")
   .option("--no-bos", "do not prepend the beginning-of-sequence token")
   .action(async (opts) => {
     const { runGenerate } = await import("./cli/generate.ts");

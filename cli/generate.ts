@@ -5,7 +5,8 @@ import { chooseTemplate, type ModelCliOptions, openForCli } from "./common.ts";
 
 /** Options of the generate command. */
 export interface GenerateCliOptions extends ModelCliOptions {
-  prompt: string;
+  prompt?: string;
+  promptFile?: string;
   maxTokens: number;
   temperature: number;
   topP: number;
@@ -18,21 +19,16 @@ const encoder = new TextEncoder();
 
 /** Runs the generate command. */
 export async function runGenerate(o: GenerateCliOptions): Promise<void> {
-  if (o.prompt.includes("\uFFFD")) {
-    throw new Error(
-      "the prompt contains U+FFFD replacement characters, a sign of bytes that are not valid " +
-        "UTF-8; pass the prompt as UTF-8 text",
-    );
-  }
+  const prompt = await readPrompt(o);
   const opened = await openForCli(o);
   const tokenizer = opened.tokenizer!;
   const template = chooseTemplate(o, opened);
-  const text = formatPrompt(template, o.prompt);
+  const text = formatPrompt(template, prompt);
   const ids = tokenizer.encode(text, { bos: o.bos });
   const session = Session.create(opened.llama);
   const decoder = tokenizer.decoder();
   if (template !== "none" && !o.quiet) console.error(`template: ${template}`);
-  else await Deno.stdout.write(encoder.encode(o.prompt));
+  else await Deno.stdout.write(encoder.encode(prompt));
   const start = performance.now();
   let firstToken = 0;
   const { ids: out, stop } = await session.generate(ids, {
@@ -67,4 +63,26 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
     );
   }
   opened.gpu.destroy();
+}
+
+/** Returns the prompt from --prompt or --prompt-file; throws for invalid UTF-8 or neither given. */
+export async function readPrompt(o: { prompt?: string; promptFile?: string }): Promise<string> {
+  if ((o.prompt === undefined) === (o.promptFile === undefined)) {
+    throw new Error("give the prompt with either --prompt TEXT or --prompt-file PATH");
+  }
+  if (o.promptFile !== undefined) {
+    const bytes = await Deno.readFile(o.promptFile);
+    try {
+      return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    } catch {
+      throw new Error(`${o.promptFile}: the prompt is not valid UTF-8 text; save it as UTF-8`);
+    }
+  }
+  if (o.prompt!.includes("\uFFFD")) {
+    throw new Error(
+      "the prompt contains U+FFFD replacement characters, a sign of bytes that are not valid " +
+        "UTF-8; pass the prompt as UTF-8 text",
+    );
+  }
+  return o.prompt!;
 }
