@@ -3,8 +3,8 @@
  *
  * Layouts (row-major, f32): q and out are (B, T, H, D); k and v are (B, S, Hkv, D) with
  * S >= pos0 + T; the prompt keys and values are (L, Hkv, D) and the gate is (H). Query t of batch
- * row b sits at position pos0 + t and sees keys 0 .. pos0 + t, so a KV cache of capacity S works
- * as is. Head h reads kv head floor(h / (H / Hkv)). With scale = 1 / sqrt(D), each row computes
+ * row b sits at position pos0 + t and attends to keys 0 .. pos0 + t, so a KV cache of capacity S
+ * works as is. Head h reads kv head floor(h / (H / Hkv)). With scale = 1 / sqrt(D), each row computes
  *
  *   out = tanh(gate[h]) * softmax_l(q . pk[l] * scale) pv + softmax_{s <= pos0+t}(q . k[s] * scale) v
  *
@@ -114,7 +114,7 @@ export interface AttentionBackwardArgs {
   promptLse?: Tensor;
   /** Receives dL/dq, (B, T, H, D). */
   dq: Tensor;
-  /** Receives dL/dk, (B, S, Hkv, D); zero at positions no query sees. */
+  /** Receives dL/dk, (B, S, Hkv, D); zero at positions no query attends to. */
   dk: Tensor;
   /** Receives dL/dv, (B, S, Hkv, D). */
   dv: Tensor;
@@ -244,12 +244,13 @@ export function attentionForward(gpu: Gpu, a: AttentionForwardArgs): void {
 }
 
 /**
- * Computes the gradients of attention, and of the adapter prompt and gate when a prompt is given,
- * from dOut and what forward saved; see the file comment for layouts. Both paths first compute,
- * per query row, delta = dOut . out - tanh(gate) * promptDelta with
- * promptDelta = dOut . softmax_l(prompt scores) pv, then dq, dk and dv with P recomputed from the
- * saved log-sum-exp and dS = P (dOut . v - delta). The prompt gradients are summed from partial
- * sums in a fixed order, and dgate = (1 - tanh^2 gate) * sum over b, t of promptDelta.
+ * Computes the gradients of attention from dOut and what forward saved, and those of the adapter
+ * prompt and gate when a prompt is given; see the file comment for layouts.
+ *
+ * Both paths first compute, per query row, promptDelta = dOut . softmax_l(prompt scores) pv and
+ * delta = dOut . out - tanh(gate) * promptDelta. Then they compute dq, dk and dv with P recomputed
+ * from the saved log-sum-exp and dS = P (dOut . v - delta). The prompt gradients are summed from
+ * partial sums in a fixed order, and dgate = (1 - tanh^2 gate) * sum over b, t of promptDelta.
  *
  * Work tensors (2 B H T floats, plus partial sums of the prompt gradients and, on the direct path,
  * running sums) are kept per device and reused. Throws a KernelError on a shape mismatch, naming
@@ -353,8 +354,8 @@ const DV = ${D / W}u;
 struct Params { B: u32, T: u32, H: u32, Hkv: u32, L: u32, perGroup: u32, accumulate: u32 }
 @group(0) @binding(7) var<uniform> p: Params;
 
-// Invocations 0 .. 2 L Hkv DV - 1 sum one vector of dpk or dpv over the partial sums of every
-// batch row and every block of its kv head, in that order; the next H invocations sum dgate.
+// Invocations 0 .. 2 L Hkv DV - 1 each sum one vector of dpk or dpv over the partial sums of
+// every batch row and every block of its kv head, in that order. The next H invocations sum dgate.
 @compute @workgroup_size(${REDUCE_WORKGROUP})
 fn main(${GRID_BUILTINS}) {
   let i = ${LINEAR_WORKGROUP} * ${REDUCE_WORKGROUP}u + lid;

@@ -1,12 +1,13 @@
 /**
  * The "direct" attention kernels for CPU implementations of WebGPU (Mesa's lavapipe/llvmpipe).
  *
- * Why a second path: on lavapipe (Mesa 22.3, LLVM 15) every load from a storage buffer or from
- * workgroup memory is compiled to a loop over the SIMD lanes with a bounds test, and costs as much
- * as about a hundred FMAs; vec4 loads cost four scalar ones and a barrier splits the shader into
- * coroutines. Measured by `scripts/bench/attention.ts` on a 2-core VM, the workgroup-tiled kernels
- * of `attention.ts` reach about 0.03 GFLOP/s there. Fully unrolled per-invocation registers of
- * whole head rows would avoid most loads but take minutes to compile at D = 64.
+ * Why a second path: on lavapipe (Mesa 22.3, LLVM 15, measured on a 2-core VM) one float loaded
+ * from a storage buffer or from workgroup memory costs about as much as a hundred FMAs. Loading a
+ * vec4 costs the same as four scalar loads, and a barrier splits the shader into coroutines. There
+ * `scripts/bench/attention.ts` measured the workgroup-tiled kernels of `attention_tiled.ts` at
+ * about 0.04 GFLOP/s forward and these at 0.26-0.30 (D = 128, 128 and 512 tokens). Keeping whole
+ * head rows in fully unrolled registers would save more loads, but a trial with 8 rows of D = 64
+ * took minutes to compile.
  *
  * So each invocation here holds a register tile of `rows` x `keys` scores (or `keys` x `rows` in
  * the key-side kernel) and walks the head dimension in a runtime loop, loading `rows` + `keys`
@@ -20,11 +21,12 @@
  *   prompt keys of P dP and delta = dOut . out - tanh(gate) promptDelta; mode "dq" adds
  *   scale * sum_j dS_j k_j to dq, once for the prompt keys and once for the tokens.
  * - `keys`: the key side of backward: for each key, dk += scale * sum dS q and dv += gain sum P dOut
- *   over the queries that see it and the heads that share its kv head. For the prompt keys it
+ *   over the queries that attend to it and the heads that share its kv head. For the prompt keys it
  *   writes one partial sum per batch row, which `attention.ts` reduces.
  */
 import { type Gpu, grid, params, type Tensor } from "./device.ts";
 import { GRID_BUILTINS, LINEAR_WORKGROUP } from "./wgsl.ts";
+import type { AttentionDims } from "../model/reference/attention.ts";
 
 /** Register tile of the direct kernels. */
 export interface DirectTiles {
@@ -46,18 +48,6 @@ export const DIRECT_TILES: DirectTiles = { lanes: 16, rows: 8, keys: 8 };
 /** Tiles for a single query row (decode): no register rows wasted on absent queries. */
 export const DIRECT_DECODE_TILES: DirectTiles = { lanes: 16, rows: 1, keys: 8 };
 
-/** Sizes of one call, as in `AttentionDims` of the reference. */
-export interface DirectDims {
-  B: number;
-  T: number;
-  S: number;
-  H: number;
-  Hkv: number;
-  D: number;
-  L: number;
-  pos0: number;
-}
-
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /** Returns `max(a, max(b, ...))` over the terms. */
@@ -69,12 +59,12 @@ function tilesKey(t: DirectTiles): string {
   return `lanes ${t.lanes}, tile ${t.rows}x${t.keys}`;
 }
 
-/** Number of row blocks (workgroups per head and batch row) covering `n` rows. */
+/** Returns the number of row blocks (workgroups per head and batch row) covering `n` rows. */
 export function directBlocks(n: number, t: DirectTiles): number {
   return Math.max(1, Math.ceil(n / (t.lanes * t.rows)));
 }
 
-/** Floats of work buffer needed for `workgroups` workgroups with `planes` sums per row. */
+/** Returns the floats of work buffer needed by `workgroups` workgroups with `planes` sums per row. */
 export function directWorkSize(workgroups: number, t: DirectTiles, D: number, planes: number) {
   return workgroups * t.lanes * t.rows * D * planes;
 }
@@ -104,7 +94,7 @@ interface KeySource {
  */
 export function directForward(
   gpu: Gpu,
-  d: DirectDims,
+  d: AttentionDims,
   t: {
     q: Tensor;
     k: Tensor;
@@ -159,7 +149,7 @@ export function directForward(
   launch(tokens, t.lse, (d.L > 0 ? FWD_ADD : 0) | (flags.lse ? FWD_WRITE_STAT : 0));
 }
 
-/** WGSL that locates this invocation's rows: workgroup w is (b, h, block), lane rows tBase + x. */
+/** Returns WGSL that locates this invocation's rows: workgroup w is (b, h, block), rows tBase + x. */
 function rowPrologue(t: DirectTiles, total: string): string {
   return `
   let w = ${LINEAR_WORKGROUP};
@@ -300,7 +290,7 @@ const ROWS_MODE_DQ = 1;
  */
 export function directBackwardRows(
   gpu: Gpu,
-  d: DirectDims,
+  d: AttentionDims,
   t: {
     q: Tensor;
     k: Tensor;
@@ -498,7 +488,7 @@ ${
  */
 export function directBackwardKeys(
   gpu: Gpu,
-  d: DirectDims,
+  d: AttentionDims,
   t: {
     q: Tensor;
     k: Tensor;
@@ -621,7 +611,7 @@ ${
 ${each((x) => `    work[a${x} + d] = 0.0;\n    work[a${x} + p.D + d] = 0.0;`)}
   }
 
-  // Query t sees key s when s <= pos0 + t; every query sees the prompt.
+  // Query t attends to key s when s <= pos0 + t, and every query attends to the prompt.
   let tFirst = select(0u, select(0u, sBase - p.pos0, sBase > p.pos0), p.causal != 0u);
   let group = p.H / p.Hkv;
   for (var gi = 0u; gi < group; gi++) {

@@ -206,8 +206,8 @@ fn scoreRow(r: u32, c: u32) {
   }
 }
 
-// Folds the first nj staged keys into row r's softmax; every invocation of the row computes the
-// same m and l, and updates its own accumulator vectors.
+// Folds the first nj staged keys into row r's softmax. Every invocation of the row computes the
+// same m and l, and each updates its own accumulator vectors.
 fn onlineSoftmax(r: u32, c: u32, nj: u32) {
   var mb = m;
   for (var j = 0u; j < nj; j++) {
@@ -714,7 +714,7 @@ fn main(${GRID_BUILTINS}) {
     Vs[i] = vx;
   }
 
-  // Query t sees key s when s <= pos0 + t, so the block's first key limits the queries to walk.
+  // Query t attends to key s when s <= pos0 + t, so the block's first key bounds the queries.
   let group = p.H / p.Hkv;
   let tFirst = select(0u, s0 - p.pos0, s0 > p.pos0);
   for (var gi = 0u; gi < group; gi++) {

@@ -2,7 +2,7 @@
  * Float64 reference of causal attention with the LLaMA-Adapter prompt, forward and backward.
  *
  * q is (B, T, H, D), k and v are (B, S, Hkv, D), out is (B, T, H, D), all row-major. Query t of
- * batch row b sits at position pos0 + t and sees keys 0 .. pos0 + t. Head h reads kv head
+ * batch row b sits at position pos0 + t and attends to keys 0 .. pos0 + t. Head h reads kv head
  * floor(h / (H / Hkv)). The optional prompt keys and values pk, pv are (L, Hkv, D), shared by every
  * batch row and seen by every query, and the gate is (H). With scale = 1 / sqrt(D):
  *

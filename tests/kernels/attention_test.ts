@@ -6,6 +6,7 @@ import {
   attentionForward,
   type AttentionForwardArgs,
   type AttentionPath,
+  attentionPath,
 } from "../../kernels/attention.ts";
 import {
   attentionBackwardRef,
@@ -15,7 +16,7 @@ import {
 } from "../../model/reference/attention.ts";
 import { assertClose, gpuTest, numericGrad, testRng } from "../helpers.ts";
 
-// float32 kernels against float64: sums of up to ~40 products per element forward; backward sums
+// float32 kernels against float64. Forward sums up to ~40 products per element. Backward also sums
 // over queries, heads and batch rows, so it gets the looser relative bound.
 const FORWARD_TOL = { rtol: 1e-5, atol: 2e-6 };
 const BACKWARD_TOL = { rtol: 1e-4, atol: 1e-5 };
@@ -296,7 +297,7 @@ gpuTest("attention backward reference matches central differences", () => {
   assertClose(g.dpk, numericGrad(loss, x.pk), `dpk ${what}`, tol);
   assertClose(g.dpv, numericGrad(loss, x.pv), `dpv ${what}`, tol);
   assertClose(g.dgate, numericGrad(loss, x.gate), `dgate ${what}`, tol);
-  // Keys past pos0 + T - 1 are never seen.
+  // No query attends to keys past pos0 + T - 1.
   assert.ok(g.dk.slice((d.pos0 + d.T) * d.Hkv * d.D, d.S * d.Hkv * d.D).every((v) => v === 0));
   return Promise.resolve();
 });
@@ -335,4 +336,10 @@ gpuTest("attention rejects mismatched shapes", async (gpu) => {
     /attentionBackward: a prompt needs promptLse from forward/,
   );
   await gpu.sync();
+});
+
+gpuTest("attention path follows adapter kind", (gpu) => {
+  assert.equal(attentionPath({ ...gpu.info, isSoftware: true }), "direct");
+  assert.equal(attentionPath({ ...gpu.info, isSoftware: false }), "tiled");
+  return Promise.resolve();
 });
