@@ -4,13 +4,14 @@
  * Layouts (row-major, f32): q and out are (B, T, H, D); k and v are (B, S, Hkv, D) with
  * S >= pos0 + T; the prompt keys and values are (L, Hkv, D) and the gate is (H). Query t of batch
  * row b sits at position pos0 + t and attends to keys 0 .. pos0 + t, so a KV cache of capacity S
- * works as is. Head h reads kv head floor(h / (H / Hkv)). With scale = 1 / sqrt(D), each row computes
+ * works as is. Head h reads kv head floor(h / (H / Hkv)). With scale = 1 / sqrt(D), each row
+ * computes
  *
  *   out = tanh(gate[h]) * softmax_l(q . pk[l] * scale) pv + softmax_{s <= pos0+t}(q . k[s] * scale) v
  *
  * with two separate softmaxes. Forward walks the keys block by block with an online softmax, so
- * no (T x S) matrix is ever stored, and saves each row's log-sum-exp; backward recomputes the
- * probabilities from q, k and those. Reductions across queries (dk, dv, the prompt gradients, the
+ * no (T x S) matrix is ever stored. It saves each row's log-sum-exp, from which backward
+ * recomputes the probabilities. Reductions across queries (dk, dv, the prompt gradients, the
  * gate gradient) are owned by one invocation or go through per-block partial sums and a
  * fixed-order reduction, so results are deterministic and need no atomics.
  *

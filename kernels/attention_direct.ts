@@ -9,7 +9,7 @@
  * head rows in fully unrolled registers would save more loads, but a trial with 8 rows of D = 64
  * took minutes to compile.
  *
- * So each invocation here holds a register tile of `rows` x `keys` scores (or `keys` x `rows` in
+ * So each invocation here keeps a register tile of `rows` x `keys` scores (or `keys` x `rows` in
  * the key-side kernel) and walks the head dimension in a runtime loop, loading `rows` + `keys`
  * values per `rows * keys` FMAs. Running sums that span the head dimension (the output, dq, dk,
  * dv) live in a work buffer, one private slot per invocation and row, read and written once per
