@@ -7,7 +7,8 @@
  * works as is. Head h reads kv head floor(h / (H / Hkv)). With scale = 1 / sqrt(D), each row
  * computes
  *
- *   out = tanh(gate[h]) * softmax_l(q . pk[l] * scale) pv + softmax_{s <= pos0+t}(q . k[s] * scale) v
+ *   out = tanh(gate[h]) * softmax_l(q . pk[l] * scale) pv
+ *       + softmax_{s <= pos0+t}(q . k[s] * scale) v
  *
  * with two separate softmaxes. Forward walks the keys block by block with an online softmax, so
  * no (T x S) matrix is ever stored. It saves each row's log-sum-exp, from which backward

@@ -20,9 +20,10 @@
  * - `rows`: the query side of backward. Mode "delta" computes per row promptDelta = sum over
  *   prompt keys of P dP and delta = dOut . out - tanh(gate) promptDelta; mode "dq" adds
  *   scale * sum_j dS_j k_j to dq, once for the prompt keys and once for the tokens.
- * - `keys`: the key side of backward: for each key, dk += scale * sum dS q and dv += gain sum P dOut
- *   over the queries that attend to it and the heads that share its kv head. For the prompt keys it
- *   writes one partial sum per batch row, which `attention.ts` reduces.
+ * - `keys`: the key side of backward. For each key, dk += scale * sum dS q and
+ *   dv += gain * sum P dOut over the queries that attend to it and the heads that share its kv
+ *   head. For the prompt keys it writes one partial sum per batch row, which `attention.ts`
+ *   reduces.
  */
 import { type Gpu, grid, params, type Tensor } from "./device.ts";
 import { GRID_BUILTINS, LINEAR_WORKGROUP } from "./wgsl.ts";
@@ -64,7 +65,7 @@ export function directBlocks(n: number, t: DirectTiles): number {
   return Math.max(1, Math.ceil(n / (t.lanes * t.rows)));
 }
 
-/** Returns the floats of work buffer needed by `workgroups` workgroups with `planes` sums per row. */
+/** Returns the work-buffer floats for `workgroups` workgroups with `planes` sums per row. */
 export function directWorkSize(workgroups: number, t: DirectTiles, D: number, planes: number) {
   return workgroups * t.lanes * t.rows * D * planes;
 }
@@ -149,7 +150,7 @@ export function directForward(
   launch(tokens, t.lse, (d.L > 0 ? FWD_ADD : 0) | (flags.lse ? FWD_WRITE_STAT : 0));
 }
 
-/** Returns WGSL that locates this invocation's rows: workgroup w is (b, h, block), rows tBase + x. */
+/** Returns WGSL locating this invocation's rows: workgroup w is (b, h, block), rows tBase + x. */
 function rowPrologue(t: DirectTiles, total: string): string {
   return `
   let w = ${LINEAR_WORKGROUP};
@@ -435,7 +436,8 @@ ${
     }
 ${
     eachXJ((x, j) =>
-      `    let p${x}_${j} = select(0.0, exp(sc${x}_${j} * p.scale - lse${x}), s0 + ${j}u < lim${x});`
+      `    let p${x}_${j} = select(0.0, exp(sc${x}_${j} * p.scale - lse${x}), ` +
+      `s0 + ${j}u < lim${x});`
     )
   }
     if (dqMode) {

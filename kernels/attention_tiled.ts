@@ -34,7 +34,7 @@ const TILE_CANDIDATES: readonly [number, number][] = [
   [1, 1],
 ];
 
-/** Tile geometry of one kernel: `rows` x `cols` score tiles and the work split of 64 invocations. */
+/** Tile geometry of one kernel: `rows` x `cols` score tiles, split over 64 invocations. */
 interface Tiles {
   rows: number;
   cols: number;

@@ -6,7 +6,8 @@
  * floor(h / (H / Hkv)). The optional prompt keys and values pk, pv are (L, Hkv, D), shared by every
  * batch row and seen by every query, and the gate is (H). With scale = 1 / sqrt(D):
  *
- *   out = tanh(gate[h]) * softmax_l(q . pk[l] * scale) pv + softmax_{s <= pos0+t}(q . k[s] * scale) v
+ *   out = tanh(gate[h]) * softmax_l(q . pk[l] * scale) pv
+ *       + softmax_{s <= pos0+t}(q . k[s] * scale) v
  */
 
 /** Sizes of one attention call; L is 0 without a prompt. */
