@@ -63,6 +63,8 @@ export interface BenchContext {
   squareSizes: number[];
   /** Whether the matmul section measures the LLaMA-7B shapes (large and slow on a CPU adapter). */
   llamaShapes: boolean;
+  /** Tile sets the matmul section compares at the square sizes, as `--tiles` spells them. */
+  tiles: string[];
   /** Median duration of an empty `gpu.sync()`, in milliseconds. */
   readbackMs: number;
   /** Measured f32 FMA peak in GFLOP/s, set by the peak section. */
@@ -226,6 +228,12 @@ async function main(): Promise<void> {
     .option("--sizes <list>", "square matmul sizes", "256,512,1024")
     .option("--naive-max <n>", "largest square size at which the naive matmul runs", "1024")
     .option("--no-llama", "skip the LLaMA-7B matmul shapes")
+    .option(
+      "--tiles <list>",
+      "also time the matmul at the square sizes with each of these tiles, comma-separated, each " +
+        "as wgRowsxwgCols/rowsxcols/depth (for example 1x16/8x16/0,16x16/4x4/16)",
+      "",
+    )
     .parse(["deno", "bench", ...Deno.args]);
   const opts = program.opts();
 
@@ -253,6 +261,7 @@ async function main(): Promise<void> {
     naiveMax: parseList(String(opts.naiveMax))[0],
     squareSizes: parseList(String(opts.sizes)),
     llamaShapes: Boolean(opts.llama),
+    tiles: String(opts.tiles).split(",").map((s) => s.trim()).filter((s) => s),
     readbackMs: await measureReadbackMs(gpu),
     log,
   };
@@ -292,4 +301,13 @@ async function main(): Promise<void> {
   gpu.destroy();
 }
 
-if (import.meta.main) await main();
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    // Invalid options and device errors end the run with their message; a bug keeps its stack.
+    if (!(e instanceof Error) || e instanceof TypeError) throw e;
+    console.error(`bench: ${e.message}`);
+    Deno.exit(1);
+  }
+}

@@ -8,6 +8,7 @@ import {
   matmulGradInput,
   matmulGradWeight,
   matmulNaive,
+  type MatmulTiles,
   matmulTiles,
 } from "../../kernels/matmul.ts";
 import { type BenchContext, type BenchRow, benchValues, timeBest, type Timing } from "../bench.ts";
@@ -143,8 +144,54 @@ async function measureBackward(gpu: Gpu, ctx: BenchContext, shape: Shape): Promi
   ];
 }
 
+/**
+ * Parses a tile set written wgRowsxwgCols/rowsxcols/depth, such as `1x16/8x16/0`; throws naming
+ * the text when it does not match.
+ */
+export function parseTiles(text: string): MatmulTiles {
+  const m = /^(\d+)x(\d+)\/(\d+)x(\d+)\/(\d+)$/.exec(text);
+  if (!m) {
+    throw new Error(
+      `invalid tiles '${text}': expected wgRowsxwgCols/rowsxcols/depth, such as 1x16/8x16/0`,
+    );
+  }
+  const [wgRows, wgCols, rows, cols, depth] = m.slice(1).map(Number);
+  return { wgRows, wgCols, rows, cols, depth };
+}
+
+/** Times the tiled matmul at `shape` with each tile set and both weight types, in rotation. */
+async function measureTiles(
+  gpu: Gpu,
+  ctx: BenchContext,
+  shape: Shape,
+  tileSets: string[],
+): Promise<BenchRow[]> {
+  const { M, N, K } = shape;
+  const x = gpu.upload(benchValues(M * K, 3), [M, K], "f32", "x");
+  const y = gpu.tensor([M, N], "f32", "y");
+  const weights = {
+    f32: uploadWeight(gpu, N, K, "f32", 2),
+    bf16: uploadWeight(gpu, N, K, "bf16", 2),
+  };
+  const group: Record<string, () => void> = {};
+  for (const text of tileSets) {
+    const tiles = parseTiles(text);
+    for (const [dtype, w] of Object.entries(weights)) {
+      group[`${text} ${dtype}`] = () => matmul(gpu, x, w, y, { tiles });
+    }
+  }
+  const times = await timeBest(gpu, group, ctx);
+  for (const t of [x, y, weights.f32, weights.bf16]) t.buffer.destroy();
+
+  return Object.entries(times).map(([key, t]) => {
+    const [text, dtype] = key.split(" ");
+    return { ...timedRow(ctx, "matmul", shape, dtype as DType, t), note: `tiles ${text}` };
+  });
+}
+
 /** Measures the tiled and naive matmuls; the tiled f32 row's note gives its speed-up over naive. */
 export async function matmulBench(gpu: Gpu, ctx: BenchContext): Promise<BenchRow[]> {
+  ctx.tiles.forEach(parseTiles);
   ctx.log(`  tiles: ${JSON.stringify(matmulTiles(gpu.info))}`);
   const rows: BenchRow[] = [];
   // The naive kernel runs where its work is at most that of the naiveMax square.
@@ -157,6 +204,12 @@ export async function matmulBench(gpu: Gpu, ctx: BenchContext): Promise<BenchRow
   for (const shape of shapes) {
     const naive = 2 * shape.M * shape.N * shape.K <= naiveFlops;
     rows.push(...await measureShape(gpu, ctx, shape, naive));
+  }
+
+  if (ctx.tiles.length) {
+    for (const size of ctx.squareSizes) {
+      rows.push(...await measureTiles(gpu, ctx, { M: size, N: size, K: size }, ctx.tiles));
+    }
   }
 
   // The backward forms at the attention shape, as a training step runs them.

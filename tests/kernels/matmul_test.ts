@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type GpuInfo, KernelError, type Tensor } from "../../kernels/device.ts";
+import { type Gpu, type GpuInfo, KernelError, type Tensor } from "../../kernels/device.ts";
 import {
   GPU_TILES,
   matmul,
@@ -17,7 +17,6 @@ import {
   matmulRef,
 } from "../../model/reference/matmul.ts";
 import { assertClose, gpuTest, testRng } from "../helpers.ts";
-import type { Gpu } from "../../kernels/device.ts";
 
 type WeightType = "f32" | "bf16" | "f16";
 
