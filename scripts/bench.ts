@@ -16,9 +16,9 @@
  *    the calibration run alone lasted the minimum, it is the measurement, with R = 1.
  *    Nothing is subtracted: the reported time per repetition is total / R and so includes one
  *    submission and one readback round trip, shared by the R repetitions.
- * 4. Steps 1 to 3 run once per kernel of a group (say the tiled and naive matmul at one shape);
- *    then the group is timed `--repeats` times more in rotation with R fixed, and each row keeps
- *    its fastest measurement. On a software adapter other processes take CPU time from the
+ * 4. Steps 1 to 3 run once per kernel of a group, such as the tiled and naive matmul at one
+ *    shape. Then the group is timed `--repeats` times more in rotation with R fixed, and each row
+ *    keeps its fastest measurement. On a software adapter other processes take CPU time from the
  *    kernels, and rotating spreads bursts of such load over all the kernels being compared.
  * 5. The readback latency (one empty `gpu.sync()`, median of 9) is measured once and reported
  *    separately, so a reader can judge how much of a short measurement it is.

@@ -64,7 +64,7 @@ async function checkForm(
   [M, N, K]: readonly number[],
   { accumulate = false, alpha = 1, tiles }: Case,
 ): Promise<void> {
-  const what = `${form} ${dtype} M=${M} N=${N} K=${K} accumulate=${accumulate} alpha=${alpha}` +
+  const label = `${form} ${dtype} M=${M} N=${N} K=${K} accumulate=${accumulate} alpha=${alpha}` +
     `${tiles ? ` tiles ${JSON.stringify(tiles)}` : ""} seed ${rng.seed}`;
   const opts = { accumulate, alpha, tiles };
   const x = rng.normals(M * K);
@@ -102,7 +102,7 @@ async function checkForm(
   for (let i = 0; i < expected.length; i++) {
     expected[i] = alpha * product[i] + (accumulate ? initial[i] : 0);
   }
-  assertClose(await gpu.readF32(out), expected, what, tolerance(reduction));
+  assertClose(await gpu.readF32(out), expected, label, tolerance(reduction));
 }
 
 /**
