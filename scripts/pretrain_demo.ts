@@ -18,10 +18,10 @@ const root = new URL("../", import.meta.url).pathname;
 const program = new Command()
   .name("pretrain_demo")
   .description("pretrain the demo base model on demo/data/corpus_train.jsonl")
-  .option("--epochs <n>", "epochs over the corpus", Number, 3)
+  .option("--epochs <n>", "epochs over the corpus", Number, 2)
   .option("--max-steps <n>", "stop after this many optimiser steps", Number)
   .option("--batch-size <n>", "sequences per step", Number, 16)
-  .option("--lr <rate>", "peak learning rate", Number, 3e-3)
+  .option("--lr <rate>", "peak learning rate", Number, 4e-3)
   .option("--seed <n>", "seed of the initial weights and data order", Number, 1)
   .option("--work <dir>", "folder for checkpoints and metrics", `${root}runs/pretrain-demo`)
   .option("--out <dir>", "folder the finished model is copied to", `${root}demo/model`)
@@ -56,7 +56,7 @@ const { result, adapterPath } = await finetune({
   template: "none",
   seed: o.seed,
   logEvery: 20,
-  evalEvery: 200,
+  evalEvery: 250,
   saveEvery: 200,
   keep: 1,
   resume: o.resume,

@@ -3,8 +3,8 @@ import type { ModelConfig } from "../model/config.ts";
 
 /** Architecture of the demo base model. */
 export const DEMO_CONFIG: ModelConfig = {
-  dim: 128,
-  hiddenDim: 320,
+  dim: 64,
+  hiddenDim: 176,
   nLayers: 4,
   nHeads: 4,
   nKvHeads: 2,
