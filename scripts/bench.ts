@@ -27,7 +27,9 @@
  */
 import { Command } from "commander";
 import { Gpu } from "../kernels/device.ts";
+import { attentionBench } from "./bench/attention.ts";
 import { matmulBench } from "./bench/matmul.ts";
+import { modelBench } from "./bench/model.ts";
 import { peakBench } from "./bench/peak.ts";
 
 /** One measurement; fields that do not apply to a row are left out. */
@@ -69,6 +71,8 @@ export interface BenchContext {
   readbackMs: number;
   /** Measured f32 FMA peak in GFLOP/s, set by the peak section. */
   peakGflops?: number;
+  /** Model folder or file of the model section. */
+  modelPath: string;
   /** Prints a progress line to stderr. */
   log: (line: string) => void;
 }
@@ -199,6 +203,8 @@ export function formatTable(rows: BenchRow[]): string {
 export const SECTIONS: Record<string, BenchSection> = {
   peak: peakBench,
   matmul: matmulBench,
+  attention: attentionBench,
+  model: modelBench,
 };
 
 function parseList(value: string): number[] {
@@ -228,6 +234,11 @@ async function main(): Promise<void> {
     .option("--sizes <list>", "square matmul sizes", "256,512,1024")
     .option("--naive-max <n>", "largest square size at which the naive matmul runs", "1024")
     .option("--no-llama", "skip the LLaMA-7B matmul shapes")
+    .option(
+      "--model <path>",
+      "model of the model section (random demo-sized weights when it has none)",
+      new URL("../demo/model", import.meta.url).pathname,
+    )
     .option(
       "--tiles <list>",
       "also time the matmul at the square sizes with each of these tiles, comma-separated, each " +
@@ -263,6 +274,7 @@ async function main(): Promise<void> {
     llamaShapes: Boolean(opts.llama),
     tiles: String(opts.tiles).split(",").map((s) => s.trim()).filter((s) => s),
     readbackMs: await measureReadbackMs(gpu),
+    modelPath: String(opts.model),
     log,
   };
   log(`readback latency (empty sync, median of 9): ${ctx.readbackMs.toFixed(1)} ms`);
