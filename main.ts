@@ -122,13 +122,21 @@ addModelOptions(
     int("--adapter-layers", 1),
   )
   .option("--adapter-len <l>", "adaption prompt length per block", int("--adapter-len", 1), 10)
-  .option("--epochs <n>", "epochs over the training data", num("--epochs", 0), 5)
+  .option(
+    "--epochs <n>",
+    "epochs over the training data (default: 5, the published recipe; 1 for the demo model)",
+    num("--epochs", 0),
+  )
   .option(
     "--max-steps <n>",
     "stop after this many optimiser steps (overrides --epochs)",
     int("--max-steps", 1),
   )
-  .option("--batch-size <n>", "examples per micro-batch", int("--batch-size", 1), 4)
+  .option(
+    "--batch-size <n>",
+    "examples per micro-batch (default: 4; 8 for the demo model)",
+    int("--batch-size", 1),
+  )
   .option("--grad-accum <n>", "micro-batches per optimiser step", int("--grad-accum", 1), 1)
   .option(
     "--lr <rate>",

@@ -19,3 +19,19 @@ export const DEFAULTS = {
   /** Adapter that `chat`, `generate` and `eval` apply to the demo model when it exists. */
   adapter: path("runs/demo-adapter/adapter.safetensors"),
 };
+
+/**
+ * Settings `finetune` uses for the demo model where the command line leaves them out: one epoch
+ * with a learning rate sized for a short run, so the default command finishes in minutes on a CPU.
+ */
+export const DEMO_FINETUNE = {
+  epochs: 1,
+  batchSize: 8,
+  lr: 1e-2,
+};
+
+/** Defaults for any other model: the published LLaMA-Adapter recipe. */
+export const RECIPE_FINETUNE = {
+  epochs: 5,
+  batchSize: 4,
+};

@@ -5,6 +5,7 @@ import { TrainGraph } from "../model/train_graph.ts";
 import { exactMatchAccuracy, readInstructions } from "../train/accuracy.ts";
 import { evaluateLoss } from "../train/evaluate.ts";
 import { chooseTemplate, type ModelCliOptions, openForCli } from "./common.ts";
+import { DEFAULTS } from "./defaults.ts";
 
 /** Options of the eval command. */
 export interface EvalCliOptions extends ModelCliOptions {
@@ -16,8 +17,42 @@ export interface EvalCliOptions extends ModelCliOptions {
   json: boolean;
 }
 
+/** Result of `evaluate`, as `eval --json` prints it. */
+export interface EvalResult {
+  model: string;
+  adapter: string | null;
+  data: string;
+  template: string;
+  examples: number;
+  targetTokens: number;
+  loss: number;
+  perplexity: number;
+  exactMatch: { correct: number; total: number; accuracy: number } | null;
+  samples: { instruction: string; input?: string; expected: string; got: string }[];
+}
+
 /** Runs the eval command and prints a table or JSON. */
 export async function runEval(o: EvalCliOptions): Promise<void> {
+  const result = await evaluate(o);
+  if (o.json) {
+    console.log(JSON.stringify(result, null, 2));
+    return;
+  }
+  const adapter = result.adapter ? ` + adapter ${result.adapter}` : "";
+  console.log(`model        ${o.model}${adapter}`);
+  console.log(
+    `data         ${o.data} (${result.examples} examples, ${result.targetTokens} target tokens)`,
+  );
+  console.log(`loss         ${result.loss.toFixed(4)}`);
+  console.log(`perplexity   ${result.perplexity.toFixed(3)}`);
+  const em = result.exactMatch;
+  if (em) {
+    console.log(`exact match  ${(100 * em.accuracy).toFixed(1)}% (${em.correct}/${em.total})`);
+  }
+}
+
+/** Computes loss, perplexity and (for Alpaca data) exact-match accuracy; see `runEval`. */
+export async function evaluate(o: EvalCliOptions): Promise<EvalResult> {
   const opened = await openForCli({ ...o, quiet: o.quiet || o.json });
   const tokenizer = opened.tokenizer!;
   const template = chooseTemplate({ ...o, template: o.template ?? undefined }, opened);
@@ -57,9 +92,10 @@ export async function runEval(o: EvalCliOptions): Promise<void> {
       },
     );
   }
-  const result = {
+  const adapterPath = typeof o.adapter === "string" ? o.adapter : DEFAULTS.adapter;
+  const result: EvalResult = {
     model: o.model,
-    adapter: opened.adapter ? (typeof o.adapter === "string" ? o.adapter : "default") : null,
+    adapter: opened.adapter ? adapterPath : null,
     data: o.data,
     template: data.template,
     examples: loss.examples,
@@ -71,19 +107,6 @@ export async function runEval(o: EvalCliOptions): Promise<void> {
       : null,
     samples: accuracy?.samples ?? [],
   };
-  if (o.json) {
-    console.log(JSON.stringify(result, null, 2));
-  } else {
-    console.log(`model        ${o.model}${result.adapter ? ` + adapter ${result.adapter}` : ""}`);
-    console.log(`data         ${o.data} (${loss.examples} examples, ${loss.tokens} target tokens)`);
-    console.log(`loss         ${loss.loss.toFixed(4)}`);
-    console.log(`perplexity   ${loss.perplexity.toFixed(3)}`);
-    if (accuracy) {
-      console.log(
-        `exact match  ${(100 * accuracy.accuracy).toFixed(1)}% ` +
-          `(${accuracy.correct}/${accuracy.total})`,
-      );
-    }
-  }
   opened.gpu.destroy();
+  return result;
 }
