@@ -1,0 +1,141 @@
+/**
+ * The embedded demo: the committed base model loads, a short adapter fine-tune raises exact-match
+ * accuracy on validation records, and the README's commands run as written (with small step
+ * counts and a temporary output folder).
+ */
+import assert from "node:assert/strict";
+import { DEFAULTS } from "../cli/defaults.ts";
+import { evaluate } from "../cli/eval.ts";
+import { finetune } from "../train/finetune.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const VAL_LIMIT = 24;
+
+async function demoModelPresent(): Promise<boolean> {
+  try {
+    return (await Deno.stat(`${DEFAULTS.model}/model.safetensors`)).isFile;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name: "demo adapter raises exact-match accuracy",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    assert.ok(await demoModelPresent(), `the demo model is missing from ${DEFAULTS.model}`);
+    const out = await Deno.makeTempDir({ prefix: "llama-adapter-demo-" });
+    const { adapterPath } = await finetune({
+      model: DEFAULTS.model,
+      data: DEFAULTS.data,
+      out,
+      adapterLen: 10,
+      epochs: 1,
+      maxSteps: 60,
+      batchSize: 8,
+      gradAccum: 1,
+      lr: 1e-2,
+      minLr: 0,
+      warmupSteps: 10,
+      weightDecay: 0.02,
+      beta1: 0.9,
+      beta2: 0.95,
+      clipGrad: 0,
+      onLong: "truncate",
+      onBadRecord: "fail",
+      template: "alpaca",
+      seed: 0,
+      logEvery: 10,
+      evalEvery: 0,
+      saveEvery: 0,
+      keep: 1,
+      resume: false,
+      recompute: false,
+      quiet: true,
+    });
+    const options = {
+      model: DEFAULTS.model,
+      weights: "auto" as const,
+      data: DEFAULTS.valData,
+      maxSeqLen: 256,
+      batchSize: 8,
+      limit: VAL_LIMIT,
+      accuracy: true,
+      json: true,
+      quiet: true,
+      template: "alpaca",
+    };
+    const base = await evaluate({ ...options, adapter: false });
+    const adapted = await evaluate({ ...options, adapter: adapterPath });
+    const before = base.exactMatch!.accuracy, after = adapted.exactMatch!.accuracy;
+    assert.ok(adapted.loss < base.loss, `loss ${adapted.loss} should fall below ${base.loss}`);
+    assert.ok(
+      after >= before + 0.25,
+      `exact match ${after} after 60 steps should be at least 25 points above ${before}`,
+    );
+  },
+});
+
+/** Runs `deno task <args>` in the repository root with `stdin`, returning output and code. */
+async function task(args: string[], stdin = ""): Promise<{ code: number; out: string }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["task", "-q", ...args],
+    cwd: ROOT,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(stdin));
+  await writer.close();
+  const r = await child.output();
+  const text = new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr);
+  return { code: r.code, out: text };
+}
+
+Deno.test({
+  name: "README commands run on the demo",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    assert.ok(await demoModelPresent(), `the demo model is missing from ${DEFAULTS.model}`);
+    const readme = await Deno.readTextFile(`${ROOT}README.md`);
+    // The quick start's commands, with the launcher that fetches Deno through npm.
+    for (const command of ["finetune", "test"]) {
+      assert.ok(
+        readme.includes(`npx --yes deno@2.9.6 task ${command}`),
+        `README shows 'npx --yes deno@2.9.6 task ${command}'`,
+      );
+    }
+    for (const command of ["eval", "chat", "generate --prompt"]) {
+      assert.ok(readme.includes(`deno task ${command}`), `README shows 'deno task ${command}'`);
+    }
+    const pinned = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`));
+    assert.ok(pinned.tasks.finetune && pinned.tasks.test, "deno.json defines the tasks");
+
+    const out = await Deno.makeTempDir({ prefix: "llama-adapter-readme-" });
+    const ft = await task(["finetune", "--max-steps", "2", "--out", out, "--quiet"]);
+    assert.equal(ft.code, 0, ft.out);
+    const adapter = `${out}/adapter.safetensors`;
+    const ev = await task(["eval", "--adapter", adapter, "--limit", "3", "--json", "--quiet"]);
+    assert.equal(ev.code, 0, ev.out);
+    assert.match(ev.out, /"exactMatch"/);
+    const gen = await task([
+      "generate",
+      "--adapter",
+      adapter,
+      "--prompt",
+      "Once upon a time",
+      "--max-tokens",
+      "8",
+      "--quiet",
+    ]);
+    assert.equal(gen.code, 0, gen.out);
+    const chat = await task(
+      ["chat", "--adapter", adapter, "--max-tokens", "8", "--quiet"],
+      "What colour is the ball?\n/exit\n",
+    );
+    assert.equal(chat.code, 0, chat.out);
+  },
+});
