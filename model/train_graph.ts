@@ -99,7 +99,9 @@ export class TrainGraph {
           `${model.weights.storage}; use --weights f32`,
       );
     }
-    this.first = evalOnly ? c.nLayers : full ? 0 : model.adapter!.first;
+    if (evalOnly) this.first = c.nLayers;
+    else if (full) this.first = 0;
+    else this.first = model.adapter!.first;
     const L = model.adapter?.config.length ?? 1;
     const M = B * T;
     const K = c.nLayers - this.first;
@@ -171,7 +173,7 @@ export class TrainGraph {
     }
   }
 
-  /** Every gradient tensor, in a fixed order matching `parameters()`. */
+  /** Returns every gradient tensor, in the order of `parameters()`. */
   gradients(): Tensor[] {
     if (this.options.full) {
       const out: Tensor[] = [this.headGrads!.tokEmbedding, this.headGrads!.norm];
@@ -184,7 +186,7 @@ export class TrainGraph {
     return this.adapterGrads.flatMap((g) => [g.prompt, g.gate]);
   }
 
-  /** Every trained parameter tensor, in the order of `gradients()`. */
+  /** Returns every trained parameter tensor, in the order of `gradients()`. */
   parameters(): Tensor[] {
     const m = this.model;
     if (this.options.full) {
@@ -312,7 +314,8 @@ export class TrainGraph {
       if (this.options.recompute) {
         const input = view(this.#inputs[i], [M, c.dim]);
         gpu.copy(input, 0, acts.x, 0, M * c.dim * 4);
-        // The block output is not needed again; write it into the scratch's own xMid chain.
+        // The recomputed block output is not needed, so it goes to xnFinal, which backward has
+        // already read by this point.
         m.blockForward(l, acts, view(this.#xnFinal, [M, c.dim]), B, T, 0);
       }
       blockBackward(

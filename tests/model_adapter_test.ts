@@ -146,3 +146,24 @@ gpuFixtureTest("training forward and KV-cache decode give the same logits", asyn
     { rtol: 0, atol: 1e-5 },
   );
 });
+
+gpuFixtureTest("recomputed activations give identical gradients", async (gpu) => {
+  const g = await golden("stories260K-adapter.json");
+  const { llama } = await stories(gpu);
+  llama.setAdapter(goldenAdapter(g));
+  const T = g.tokens.length;
+  const targets = targetsOf(g);
+  const tokens = Uint32Array.from(g.tokens);
+  const grads = async (recompute: boolean) => {
+    const graph = new TrainGraph(llama, { maxBatch: 1, maxSeqLen: T, recompute });
+    graph.zeroGrads();
+    graph.microBatch(tokens, targets, 1, T, 0.1);
+    const out: number[] = [];
+    for (const t of graph.gradients()) out.push(...await gpu.readF32(t));
+    return out;
+  };
+  const kept = await grads(false);
+  const recomputed = await grads(true);
+  assert.deepEqual(recomputed, kept);
+  assert.ok(kept.some((v) => v !== 0), "gradients are not all zero");
+});
