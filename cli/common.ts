@@ -49,7 +49,7 @@ export async function openForCli(o: ModelCliOptions): Promise<OpenedModel> {
   return opened;
 }
 
-/** The template to apply: --template, else the adapter's, else none. */
+/** Returns the template to apply: --template, else the adapter's, else none. */
 export function chooseTemplate(o: ModelCliOptions, opened: OpenedModel): TemplateName {
   if (o.template) return parseTemplateName(o.template);
   const stored = opened.adapter?.metadata.template;

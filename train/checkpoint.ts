@@ -1,7 +1,9 @@
 /**
- * Training checkpoints: a folder per saved step holding the adapter (or full weights), the
- * optimiser moments and a JSON state (step, data position, schedule, RNG), written to a temporary
- * folder and renamed into place so a crash never leaves a half-written checkpoint.
+ * Training checkpoints: a folder per saved step with the adapter (or the full weights), the
+ * optimiser moments and a JSON state (step, data position, settings). Each is written to a temporary
+ * folder and renamed into place, so a crash never leaves a half-written checkpoint. No random
+ * generator state is needed: the data order is a function of the seed and the epoch, and nothing
+ * else in a step is random.
  *
  *     <out>/checkpoints/step-000120/adapter.safetensors
  *     <out>/checkpoints/step-000120/optimizer.safetensors

@@ -61,7 +61,7 @@ export interface FinetuneOptions {
   beta1: number;
   beta2: number;
   clipGrad: number;
-  /** Longest example in tokens; default 512 or the model's context, whichever is shorter. */
+  /** Maximum example length in tokens; default 512, or the model's context if that is shorter. */
   maxSeqLen?: number;
   onLong: "truncate" | "skip";
   onBadRecord: "skip" | "fail";
