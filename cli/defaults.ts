@@ -21,13 +21,17 @@ export const DEFAULTS = {
 };
 
 /**
- * Settings `finetune` uses for the demo model where the command line leaves them out: one epoch
- * with a learning rate sized for a short run, so the default command finishes in minutes on a CPU.
+ * Settings `finetune` uses for the demo model where the command line leaves them out: one epoch,
+ * every block adapted (the demo model has only 4) and a learning rate sized for a short run, so
+ * the default command finishes in minutes on a CPU. In 150-step trials on the demo validation
+ * set, 5e-2 reached an answer loss of 3.45 against 7.73 with 1e-2.
  */
 export const DEMO_FINETUNE = {
   epochs: 1,
   batchSize: 8,
-  lr: 1e-2,
+  lr: 5e-2,
+  /** Adapted blocks: all of the demo model's 4. */
+  adapterLayers: 4,
 };
 
 /** Defaults for any other model: the published LLaMA-Adapter recipe. */

@@ -19,6 +19,7 @@ export async function runFinetune(o: FinetuneCliOptions): Promise<void> {
     epochs: o.epochs ?? (demo ? DEMO_FINETUNE.epochs : RECIPE_FINETUNE.epochs),
     batchSize: o.batchSize ?? (demo ? DEMO_FINETUNE.batchSize : RECIPE_FINETUNE.batchSize),
     lr: o.lr ?? (demo ? DEMO_FINETUNE.lr : undefined),
+    adapterLayers: o.adapterLayers ?? (demo ? DEMO_FINETUNE.adapterLayers : undefined),
   });
   console.log(JSON.stringify(summary, null, 2));
 }

@@ -69,7 +69,12 @@ async function evalModel(model: string, adapter: string | false): Promise<EvalRe
   });
 }
 
-const adapterRun = await finetune({ ...common, out: DEFAULTS.out, lr: DEMO_FINETUNE.lr });
+const adapterRun = await finetune({
+  ...common,
+  out: DEFAULTS.out,
+  lr: DEMO_FINETUNE.lr,
+  adapterLayers: DEMO_FINETUNE.adapterLayers,
+});
 const base = await evalModel(DEFAULTS.model, false);
 const adapted = await evalModel(DEFAULTS.model, adapterRun.adapterPath);
 
