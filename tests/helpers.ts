@@ -22,7 +22,7 @@ export const HAVE_FIXTURES = fixturesPresent();
 
 let warned = false;
 
-/** Returns the path of a fixture file, or null (printing why once) when the folder is missing. */
+/** Returns the path of a file in the fixtures folder. */
 export function fixture(path: string): string {
   return `${FIXTURES}/${path}`;
 }
