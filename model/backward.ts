@@ -24,7 +24,7 @@ import { swigluBackward } from "../kernels/swiglu.ts";
 import { attentionBackward } from "../kernels/attention.ts";
 import { add } from "../kernels/elementwise.ts";
 import { headDim, type ModelConfig } from "./config.ts";
-import type { BlockActivations, Llama } from "./llama.ts";
+import { type BlockActivations, type Llama, mapShapes } from "./llama.ts";
 
 /** Weight gradients of one block for full fine-tuning; shapes as the weights, f32. */
 export interface BlockWeightGrads {
@@ -70,6 +70,31 @@ export interface BackwardScratch {
   dGate: Tensor;
 }
 
+/** Returns the shape of every scratch tensor for B rows of T tokens and prompt length L. */
+function scratchShapes(
+  c: ModelConfig,
+  B: number,
+  T: number,
+  promptLen: number,
+): Record<keyof BackwardScratch, number[]> {
+  const M = B * T, C = c.dim, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads, F = c.hiddenDim;
+  const L = Math.max(1, promptLen);
+  return {
+    dxMid: [M, C],
+    dxn: [M, C],
+    dh: [M, F],
+    da: [M, F],
+    du: [M, F],
+    dAtt: [B, T, H, D],
+    dq: [B, T, H, D],
+    dk: [B, T, Hkv, D],
+    dv: [B, T, Hkv, D],
+    dPromptK: [L, Hkv, D],
+    dPromptV: [L, Hkv, D],
+    dGate: [H],
+  };
+}
+
 /** Allocates backward scratch for B rows of T tokens and prompt length L. */
 export function allocBackwardScratch(
   gpu: Gpu,
@@ -78,23 +103,10 @@ export function allocBackwardScratch(
   T: number,
   promptLen: number,
 ): BackwardScratch {
-  const M = B * T, C = c.dim, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads, F = c.hiddenDim;
-  const L = Math.max(1, promptLen);
-  const t = (shape: number[], name: string) => gpu.tensor(shape, "f32", `grad.${name}`);
-  return {
-    dxMid: t([M, C], "dxMid"),
-    dxn: t([M, C], "dxn"),
-    dh: t([M, F], "dh"),
-    da: t([M, F], "da"),
-    du: t([M, F], "du"),
-    dAtt: t([B, T, H, D], "dAtt"),
-    dq: t([B, T, H, D], "dq"),
-    dk: t([B, T, Hkv, D], "dk"),
-    dv: t([B, T, Hkv, D], "dv"),
-    dPromptK: t([L, Hkv, D], "dPromptK"),
-    dPromptV: t([L, Hkv, D], "dPromptV"),
-    dGate: t([H], "dGate"),
-  };
+  return mapShapes(
+    scratchShapes(c, B, T, promptLen),
+    (name, shape) => gpu.tensor(shape, "f32", `grad.${name}`),
+  );
 }
 
 /** Returns views of `s` for B rows of T tokens. */
@@ -105,22 +117,7 @@ export function shapeScratch(
   T: number,
   promptLen: number,
 ): BackwardScratch {
-  const M = B * T, C = c.dim, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads, F = c.hiddenDim;
-  const L = Math.max(1, promptLen);
-  return {
-    dxMid: view(s.dxMid, [M, C]),
-    dxn: view(s.dxn, [M, C]),
-    dh: view(s.dh, [M, F]),
-    da: view(s.da, [M, F]),
-    du: view(s.du, [M, F]),
-    dAtt: view(s.dAtt, [B, T, H, D]),
-    dq: view(s.dq, [B, T, H, D]),
-    dk: view(s.dk, [B, T, Hkv, D]),
-    dv: view(s.dv, [B, T, Hkv, D]),
-    dPromptK: view(s.dPromptK, [L, Hkv, D]),
-    dPromptV: view(s.dPromptV, [L, Hkv, D]),
-    dGate: s.dGate,
-  };
+  return mapShapes(scratchShapes(c, B, T, promptLen), (name, shape) => view(s[name], shape));
 }
 
 /**

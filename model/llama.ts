@@ -73,6 +73,46 @@ export interface BlockActivations {
   h: Tensor;
 }
 
+/** Returns the shape of every block activation for B rows of T tokens and prompt length L. */
+function blockShapes(
+  c: ModelConfig,
+  B: number,
+  T: number,
+  promptLen: number,
+): Record<keyof BlockActivations, number[]> {
+  const M = B * T, C = c.dim, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads, F = c.hiddenDim;
+  const L = Math.max(1, promptLen);
+  return {
+    x: [M, C],
+    rstd1: [M],
+    xn1: [M, C],
+    q: [B, T, H, D],
+    k: [B, T, Hkv, D],
+    v: [B, T, Hkv, D],
+    att: [B, T, H, D],
+    lse: [B, H, T],
+    lsePrompt: [B, H, T],
+    promptK: [L, Hkv, D],
+    promptV: [L, Hkv, D],
+    xMid: [M, C],
+    rstd2: [M],
+    xn2: [M, C],
+    a: [M, F],
+    u: [M, F],
+    h: [M, F],
+  };
+}
+
+/** Returns a record with `make(name, shape)` for each entry of `shapes`. */
+export function mapShapes<K extends string>(
+  shapes: Record<K, number[]>,
+  make: (name: K, shape: number[]) => Tensor,
+): Record<K, Tensor> {
+  const out = {} as Record<K, Tensor>;
+  for (const name of Object.keys(shapes) as K[]) out[name] = make(name, shapes[name]);
+  return out;
+}
+
 /** Creates the activation tensors of one block for up to `B` rows of `T` tokens. */
 export function allocBlockActivations(
   gpu: Gpu,
@@ -82,28 +122,10 @@ export function allocBlockActivations(
   promptLen: number,
   label: string,
 ): BlockActivations {
-  const M = B * T, C = c.dim, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads, F = c.hiddenDim;
-  const L = Math.max(1, promptLen);
-  const t = (shape: number[], name: string) => gpu.tensor(shape, "f32", `${label}.${name}`);
-  return {
-    x: t([M, C], "x"),
-    rstd1: t([M], "rstd1"),
-    xn1: t([M, C], "xn1"),
-    q: t([B, T, H, D], "q"),
-    k: t([B, T, Hkv, D], "k"),
-    v: t([B, T, Hkv, D], "v"),
-    att: t([B, T, H, D], "att"),
-    lse: t([B, H, T], "lse"),
-    lsePrompt: t([B, H, T], "lsePrompt"),
-    promptK: t([L, Hkv, D], "promptK"),
-    promptV: t([L, Hkv, D], "promptV"),
-    xMid: t([M, C], "xMid"),
-    rstd2: t([M], "rstd2"),
-    xn2: t([M, C], "xn2"),
-    a: t([M, F], "a"),
-    u: t([M, F], "u"),
-    h: t([M, F], "h"),
-  };
+  return mapShapes(
+    blockShapes(c, B, T, promptLen),
+    (name, shape) => gpu.tensor(shape, "f32", `${label}.${name}`),
+  );
 }
 
 /** Returns views of `acts` shaped for B rows of T tokens (B*T within the allocated size). */
@@ -114,27 +136,7 @@ export function shapeActivations(
   T: number,
   promptLen: number,
 ): BlockActivations {
-  const M = B * T, C = c.dim, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads, F = c.hiddenDim;
-  const L = Math.max(1, promptLen);
-  return {
-    x: view(acts.x, [M, C]),
-    rstd1: view(acts.rstd1, [M]),
-    xn1: view(acts.xn1, [M, C]),
-    q: view(acts.q, [B, T, H, D]),
-    k: view(acts.k, [B, T, Hkv, D]),
-    v: view(acts.v, [B, T, Hkv, D]),
-    att: view(acts.att, [B, T, H, D]),
-    lse: view(acts.lse, [B, H, T]),
-    lsePrompt: view(acts.lsePrompt, [B, H, T]),
-    promptK: view(acts.promptK, [L, Hkv, D]),
-    promptV: view(acts.promptV, [L, Hkv, D]),
-    xMid: view(acts.xMid, [M, C]),
-    rstd2: view(acts.rstd2, [M]),
-    xn2: view(acts.xn2, [M, C]),
-    a: view(acts.a, [M, F]),
-    u: view(acts.u, [M, F]),
-    h: view(acts.h, [M, F]),
-  };
+  return mapShapes(blockShapes(c, B, T, promptLen), (name, shape) => view(acts[name], shape));
 }
 
 /** Reshapes a tensor of M rows to `shape`, for the flat/head views of the same data. */

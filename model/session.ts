@@ -27,14 +27,14 @@ export interface SamplingOptions {
   seed: number;
 }
 
-/** Why generation stopped. */
+/** Reason generation stopped. */
 export type StopReason = "eos" | "max-tokens" | "context";
 
 /** Options for `Session.create`. */
 export interface SessionOptions {
-  /** Positions the KV cache holds (default and maximum: the model's context length). */
+  /** Positions the KV cache stores (default and maximum: the model's context length). */
   capacity?: number;
-  /** Longest piece a prompt is processed in, in tokens (bounds activation memory). */
+  /** Maximum tokens of a prompt processed in one forward pass (bounds activation memory). */
   prefillChunk?: number;
 }
 

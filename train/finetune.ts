@@ -82,7 +82,7 @@ export interface FinetuneOptions {
   init?: { config: ModelConfig; seed: number };
 }
 
-/** What `finetune` produced. */
+/** Result of `finetune`: the output path, the training result and the summary. */
 export interface FinetuneResult {
   adapterPath: string;
   result: TrainResult;
