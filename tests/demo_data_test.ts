@@ -1,7 +1,8 @@
 /**
  * The embedded demo data: the generator is deterministic, the committed files are what it writes
- * for the default seed, splits share no text, every answer can be read from its input, and the
- * committed tokenizer round-trips the texts.
+ * for the default seed, splits share no story, every answer can be read from its input, every
+ * closing sentence of a corpus text is true of its story, and the committed tokenizer
+ * round-trips the texts.
  *
  * The answer checks re-read each input with regular expressions written here, independent of
  * the generator's own bookkeeping of facts.
@@ -13,7 +14,12 @@ import { parseLlama2cTokenizer } from "../data/llama2c_tokenizer.ts";
 import { loadTokenizer } from "../data/load_tokenizer.ts";
 import { formatPrompt } from "../data/templates.ts";
 import { STORY_SENTENCES, STORY_WORDS } from "../scripts/demo/corpus.ts";
-import { LEADING_SPACE, TASKS } from "../scripts/demo/instructions.ts";
+import {
+  INSTRUCTION,
+  LEADING_SPACE,
+  QUESTION_SEPARATOR,
+  TASKS,
+} from "../scripts/demo/instructions.ts";
 import { RESERVED_TOKENS, splitChunks, trainBpe } from "../scripts/demo/tokenizer.ts";
 import { ANIMALS, COLOURS, NUMBER_WORDS } from "../scripts/demo/world.ts";
 import {
@@ -54,10 +60,76 @@ function instructions(file: string): Record[] {
   return readJsonl<Record>(join(DEMO, file));
 }
 
-/** Returns the story of an instruction record: its input without the leading space. */
+/** Returns the story of an instruction record: its input without the leading space and question. */
 function storyOf(r: Record): string {
   assert.ok(r.input.startsWith(LEADING_SPACE), `input lacks the leading space: ${r.input}`);
-  return r.input.slice(LEADING_SPACE.length);
+  const end = r.input.indexOf(QUESTION_SEPARATOR);
+  assert.ok(end > 0, `input has no question line: ${r.input}`);
+  return r.input.slice(LEADING_SPACE.length, end);
+}
+
+/** Returns the question of an instruction record: the last line of its input. */
+function questionOf(r: Record): string {
+  assert.equal(r.instruction, INSTRUCTION);
+  const lines = r.input.split(QUESTION_SEPARATOR);
+  assert.equal(lines.length, 2, `input is not a story and a question line: ${r.input}`);
+  return lines[1];
+}
+
+/**
+ * Closing sentences of corpus texts, each with the question it answers (group 1 the key, group 2
+ * for trips the day) and the task whose reader checks it; see `splitClosing`.
+ */
+const CLOSING: [RegExp, string, (m: RegExpMatchArray) => string][] = [
+  [/^The colour of the (\w+) is (\w+)\.$/, "colour", (m) => `What colour is the ${m[1]}?`],
+  [/^The (\w+) belongs to (\w+)\.$/, "owner", (m) => `Who has the ${m[1]}?`],
+  [/^(\w+) goes home to (the \w+ \w+)\.$/, "home", (m) => `Where does ${m[1]} live?`],
+  [/^(\w+) eats (\w+) for lunch\.$/, "food", (m) => `What food does ${m[1]} like?`],
+  [/^On (\w+), (\w+) was at (the \w+)\.$/, "trip", (m) => `Where did ${m[2]} go on ${m[1]}?`],
+  [/^The animals in the story are ([a-z, ]+)\.$/, "animals", () => "List the animals in the text."],
+  [
+    /^There (?:is|are) (\w+) animals? in the story\.$/,
+    "count",
+    () => "How many animals are in the text?",
+  ],
+  [/^The story begins: (.*)\.$/, "first_sentence", () => "Repeat the first sentence."],
+];
+
+/** The answer a closing sentence states, by task: the last group of its pattern. */
+function closingAnswer(task: string, m: RegExpMatchArray): string {
+  return task === "first_sentence" ? m[1] + "." : m[m.length - 1];
+}
+
+/**
+ * Splits a corpus text into its story and its closing sentences (the trailing sentences that
+ * match `CLOSING`), each closing sentence as a record that asks its question about the story.
+ */
+function splitClosing(text: string): { story: string; closing: [Record, string][] } {
+  const sentences = text.split(/(?<=\.) (?=[A-Z])/);
+  const found: { task: string; question: string; stated: string }[] = [];
+  while (sentences.length > 0) {
+    const last = sentences[sentences.length - 1];
+    const hit = CLOSING.map(([re, task, ask]) => ({ m: last.match(re), task, ask }))
+      .find((c) => c.m !== null);
+    if (!hit) break;
+    sentences.pop();
+    found.unshift({
+      task: hit.task,
+      question: hit.ask(hit.m!),
+      stated: closingAnswer(hit.task, hit.m!),
+    });
+  }
+  const story = sentences.join(" ");
+  const closing = found.map(({ task, question, stated }): [Record, string] => [
+    {
+      task,
+      instruction: INSTRUCTION,
+      input: LEADING_SPACE + story + QUESTION_SEPARATOR + question,
+      output: LEADING_SPACE + stated,
+    },
+    stated,
+  ]);
+  return { story, closing };
 }
 
 /** True when `run` occurs in `ids` as a contiguous run. */
@@ -120,54 +192,55 @@ function animalsOf(text: string): string[] {
 /** Reads the answer to `r` from its input, without the leading space. */
 function readAnswer(r: Record): string {
   const text = storyOf(r);
+  const asked = questionOf(r);
   switch (r.task) {
     case "colour": {
-      const [noun] = question(r.instruction, /^What colour is the (\w+)\?$/);
+      const [noun] = question(asked, /^What colour is the (\w+)\?$/);
       const found = captures(text, [`\\b(${COLOUR}) ${noun}\\b`, `The ${noun} is (${COLOUR})\\.`]);
-      return only(found, r.instruction);
+      return only(found, asked);
     }
     case "home": {
-      const [p] = question(r.instruction, /^Where does (\w+) live\?$/);
+      const [p] = question(asked, /^Where does (\w+) live\?$/);
       const found = captures(text, [
         `\\b${p} lives in (the \\w+ \\w+)\\.`,
         `The home of ${p} is in (the \\w+ \\w+)\\.`,
       ]);
-      return only(found, r.instruction);
+      return only(found, asked);
     }
     case "owner": {
-      const [noun] = question(r.instruction, /^Who has the (\w+)\?$/);
+      const [noun] = question(asked, /^Who has the (\w+)\?$/);
       const found = captures(text, [
         `\\b(\\w+) has (?:an?|one) (?:pet )?(?:(?:${COLOUR}) )?${noun}\\b`,
       ]);
-      return only(found, r.instruction);
+      return only(found, asked);
     }
     case "animals":
-      question(r.instruction, /^List the animals in the text\.$/);
+      question(asked, /^List the animals in the text\.$/);
       return animalsOf(text).join(", ");
     case "count":
-      question(r.instruction, /^How many animals are in the text\?$/);
+      question(asked, /^How many animals are in the text\?$/);
       return NUMBER_WORDS[animalsOf(text).length];
     case "first_sentence": {
-      question(r.instruction, /^Repeat the first sentence\.$/);
+      question(asked, /^Repeat the first sentence\.$/);
       const end = text.indexOf(". ");
       return end < 0 ? text : text.slice(0, end + 1);
     }
     case "trip": {
-      const [p, day] = question(r.instruction, /^Where did (\w+) go on (\w+)\?$/);
+      const [p, day] = question(asked, /^Where did (\w+) go on (\w+)\?$/);
       const who = `(?:\\w+ and )?${p}(?: and \\w+)?`;
       const found = captures(text, [
         `On ${day}, ${who} went to (the \\w+)\\.`,
         `\\b${who} went to (the \\w+) on ${day}\\.`,
       ]);
-      return only(found, r.instruction);
+      return only(found, asked);
     }
     case "food": {
-      const [p] = question(r.instruction, /^What food does (\w+) like\?$/);
+      const [p] = question(asked, /^What food does (\w+) like\?$/);
       const found = captures(text, [
         `\\b${p} likes (\\w+)\\.`,
         `The favourite food of ${p} is (\\w+)\\.`,
       ]);
-      return only(found, r.instruction);
+      return only(found, asked);
     }
     default:
       throw new Error(`unknown task ${JSON.stringify(r.task)}`);
@@ -238,8 +311,8 @@ Deno.test("committed demo files match generator", async () => {
 
 Deno.test("demo splits share no texts", () => {
   const splits: [string, string[]][] = [
-    ["corpus_train", corpusTexts("data/corpus_train.jsonl")],
-    ["corpus_val", corpusTexts("data/corpus_val.jsonl")],
+    ["corpus_train", corpusTexts("data/corpus_train.jsonl").map((t) => splitClosing(t).story)],
+    ["corpus_val", corpusTexts("data/corpus_val.jsonl").map((t) => splitClosing(t).story)],
     ["train", instructions("data/train.jsonl").map(storyOf)],
     ["val", instructions("data/val.jsonl").map(storyOf)],
     ["test", instructions("data/test.jsonl").map(storyOf)],
@@ -256,7 +329,7 @@ Deno.test("demo splits share no texts", () => {
 
 Deno.test("demo stories within length limits", () => {
   const texts = [
-    ...corpusTexts("data/corpus_train.jsonl"),
+    ...corpusTexts("data/corpus_train.jsonl").map((t) => splitClosing(t).story),
     ...instructions("data/test.jsonl").map(storyOf),
   ];
   for (const text of texts) {
@@ -280,6 +353,25 @@ Deno.test("demo answers readable from input", () => {
       assert.equal(readAnswer(r), answer, `${where}: ${r.instruction} ${r.input}`);
     }
   }
+});
+
+Deno.test("demo corpus closing sentences true of their stories", () => {
+  const kinds = new Map<string, number>();
+  for (const file of ["data/corpus_train.jsonl", "data/corpus_val.jsonl"]) {
+    for (const [line, text] of corpusTexts(file).entries()) {
+      const where = `demo/${file}:${line + 1}`;
+      const { closing } = splitClosing(text);
+      assert.ok(closing.length >= 1 && closing.length <= 2, `${where}: ${closing.length} closing`);
+      for (const [r, stated] of closing) {
+        assert.equal(readAnswer(r), stated, `${where}: "${r.output}" is not true of: ${text}`);
+        kinds.set(r.task, (kinds.get(r.task) ?? 0) + 1);
+      }
+    }
+  }
+  // Every kind of closing sentence occurs, and none dominates.
+  assert.deepEqual([...kinds.keys()].sort(), [...TASKS].sort());
+  const total = [...kinds.values()].reduce((a, b) => a + b, 0);
+  for (const [task, n] of kinds) assert.ok(n > total / 20, `${n} of ${total} closing are ${task}`);
 });
 
 Deno.test("demo tasks balanced in each split", () => {

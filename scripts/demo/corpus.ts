@@ -282,21 +282,83 @@ export function writeStory(world: World, rng: Rng, require: StoryRequirements = 
   );
 }
 
+/** The kinds of fact a closing sentence can restate; see `closingSentences`. */
+const CLOSING_KINDS = [
+  "colour",
+  "owner",
+  "home",
+  "food",
+  "trip",
+  "animals",
+  "count",
+  "first",
+] as const;
+
 /**
- * Draws `count` stories whose texts are not in `used`, adding each text to `used`, so that
- * corpus and instruction splits never share a text.
+ * Returns the sentences that can close `story` by restating one of its facts, grouped by kind:
+ * the key comes first and the fact last ("The colour of the ball is red."), so predicting the
+ * last words of such a sentence means finding the fact earlier in the same story. Corpus stories
+ * end with one or two of them; without them the corpus never rewards reading back through a text,
+ * and a base model pretrained on it cannot answer questions about its input.
+ */
+export function closingSentences(story: Story): Map<string, string[]> {
+  const kinds = new Map<string, string[]>();
+  const add = (kind: (typeof CLOSING_KINDS)[number], words: string) => {
+    if (!kinds.has(kind)) kinds.set(kind, []);
+    kinds.get(kind)!.push(sentence(words));
+  };
+  for (const [noun, colour] of story.colours) {
+    add("colour", `the colour of the ${noun} is ${colour}`);
+  }
+  for (const [noun, owner] of story.owners) add("owner", `the ${noun} belongs to ${owner}`);
+  for (const [person, home] of story.homes) add("home", `${person} goes home to ${home}`);
+  for (const [person, food] of story.foods) add("food", `${person} eats ${food} for lunch`);
+  if (story.trip) {
+    const { day, place } = story.trip;
+    for (const person of story.trip.people) add("trip", `on ${day}, ${person} was at ${place}`);
+  }
+  const n = story.animals.length;
+  if (n > 0) {
+    add("animals", `the animals in the story are ${story.animals.join(", ")}`);
+    add(
+      "count",
+      n === 1
+        ? "there is one animal in the story"
+        : `there are ${NUMBER_WORDS[n]} animals in the story`,
+    );
+  }
+  add("first", `the story begins: ${story.sentences[0].slice(0, -1)}`);
+  return kinds;
+}
+
+/**
+ * Returns `story`'s text followed by one or two closing sentences (see `closingSentences`) of
+ * different kinds, the kinds drawn uniformly from those the story allows.
+ */
+export function withClosing(story: Story, rng: Rng): string {
+  const kinds = closingSentences(story);
+  const order = rng.shuffle([...kinds.keys()]);
+  const count = Math.min(order.length, 1 + rng.int(2));
+  const closing = order.slice(0, count).map((kind) => pick(rng, kinds.get(kind)!));
+  return [story.text, ...closing].join(" ");
+}
+
+/**
+ * Draws `count` corpus texts, each a story with its closing sentences (`withClosing`), whose
+ * stories are not in `used`, adding each story to `used`, so that corpus and instruction splits
+ * never share a story.
  */
 export function writeCorpus(world: World, rng: Rng, count: number, used: Set<string>): string[] {
   const texts: string[] = [];
   let repeats = 0;
   while (texts.length < count) {
-    const { text } = writeStory(world, rng);
-    if (used.has(text)) {
+    const story = writeStory(world, rng);
+    if (used.has(story.text)) {
       if (++repeats > MAX_REPEATED_STORIES) throw repeatedStoriesError(count);
       continue;
     }
-    used.add(text);
-    texts.push(text);
+    used.add(story.text);
+    texts.push(withClosing(story, rng));
   }
   return texts;
 }

@@ -1,7 +1,13 @@
 /**
- * Instruction records over stories: each record's input is a new story and its instruction asks
- * something the story answers exactly. One fixed question pattern per task type, so a small
- * model with an adapter can learn each pattern.
+ * Instruction records over stories: each record's input is a new story followed, on its own
+ * line, by a question the story answers exactly; the instruction (`INSTRUCTION`) is the same for
+ * every record. One fixed question pattern per task type, so a small model with an adapter can
+ * learn each pattern.
+ *
+ * The question comes after the story, not in the instruction, because the Alpaca prompt puts the
+ * instruction before the input: there, a model would have to carry the question's subject past
+ * the whole story to the answer. After the story, the subject sits a few tokens before the
+ * answer, as the key of a closing sentence does in the corpus (corpus.ts).
  *
  * Answer format: a short span copied from the input (a colour, a name, a place with its
  * article, a food), a comma-separated list of animals in order of first appearance, a number
@@ -40,6 +46,12 @@ export const TASKS = [
 
 /** A task type. */
 export type Task = typeof TASKS[number];
+
+/** The instruction of every record; the question is the input's last line. */
+export const INSTRUCTION = "Answer using the text.";
+
+/** Text between the story and the question in an input. */
+export const QUESTION_SEPARATOR = "\n";
 
 /** Text that starts every input and output; see the module comment. */
 export const LEADING_SPACE = " ";
@@ -116,8 +128,8 @@ export function makeInstruction(
     used.add(story.text);
     const { question, answer } = ask(task, story, rng);
     return {
-      instruction: question,
-      input: LEADING_SPACE + story.text,
+      instruction: INSTRUCTION,
+      input: LEADING_SPACE + story.text + QUESTION_SEPARATOR + question,
       output: LEADING_SPACE + answer,
       task,
     };
