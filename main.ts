@@ -220,6 +220,11 @@ addModelOptions(
     "adapter checkpoint to apply (default for the demo model: its trained adapter)",
   )
   .option("--no-adapter", "evaluate the base model alone")
+  .option(
+    "--no-base",
+    "with an adapter, skip the base-model row (by default the base model alone is evaluated " +
+      "on the same prompts too)",
+  )
   .option("--max-seq-len <n>", "longest sequence in tokens", int("--max-seq-len", 2), 512)
   .option("--batch-size <n>", "examples per batch", int("--batch-size", 1), 8)
   .option("--limit <n>", "evaluate only the first N examples", int("--limit", 1))

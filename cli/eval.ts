@@ -14,6 +14,8 @@ export interface EvalCliOptions extends ModelCliOptions {
   batchSize: number;
   limit?: number;
   accuracy: boolean;
+  /** With an adapter, also evaluate the base model alone on the same prompts (default true). */
+  base?: boolean;
   json: boolean;
 }
 
@@ -29,11 +31,22 @@ export interface EvalResult {
   perplexity: number;
   exactMatch: { correct: number; total: number; accuracy: number } | null;
   samples: { instruction: string; input?: string; expected: string; got: string }[];
+  /** The base model alone with the same template, when an adapter was applied and compared. */
+  base?: EvalResult | null;
+}
+
+function percent(em: EvalResult["exactMatch"]): string {
+  return em ? `${(100 * em.accuracy).toFixed(1)}% (${em.correct}/${em.total})` : "-";
 }
 
 /** Runs the eval command and prints a table or JSON. */
 export async function runEval(o: EvalCliOptions): Promise<void> {
   const result = await evaluate(o);
+  if (result.adapter && (o.base ?? true)) {
+    // The base model sees the prompts the adapter was trained with, so the rows differ only in
+    // the adapter.
+    result.base = await evaluate({ ...o, adapter: false, template: result.template });
+  }
   if (o.json) {
     console.log(JSON.stringify(result, null, 2));
     return;
@@ -41,14 +54,21 @@ export async function runEval(o: EvalCliOptions): Promise<void> {
   const adapter = result.adapter ? ` + adapter ${result.adapter}` : "";
   console.log(`model        ${o.model}${adapter}`);
   console.log(
-    `data         ${o.data} (${result.examples} examples, ${result.targetTokens} target tokens)`,
+    `data         ${o.data} (${result.examples} examples, ${result.targetTokens} target tokens, ` +
+      `template ${result.template})`,
   );
-  console.log(`loss         ${result.loss.toFixed(4)}`);
-  console.log(`perplexity   ${result.perplexity.toFixed(3)}`);
-  const em = result.exactMatch;
-  if (em) {
-    console.log(`exact match  ${(100 * em.accuracy).toFixed(1)}% (${em.correct}/${em.total})`);
+  const rows = result.base ? [["base model", result.base], ["with adapter", result]] as const : [[
+    result.adapter ? "with adapter" : "model",
+    result,
+  ]] as const;
+  console.log(`${"".padEnd(14)}${"loss".padStart(9)}${"perplexity".padStart(12)}  exact match`);
+  for (const [name, r] of rows) {
+    console.log(
+      `${name.padEnd(14)}${r.loss.toFixed(4).padStart(9)}${r.perplexity.toFixed(3).padStart(12)}` +
+        `  ${percent(r.exactMatch)}`,
+    );
   }
+  console.log("loss: mean cross-entropy per target token (the answer and its end token), in nats");
 }
 
 /** Computes loss, perplexity and (for Alpaca data) exact-match accuracy; see `runEval`. */

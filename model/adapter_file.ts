@@ -18,6 +18,7 @@ import {
   validateAdapterConfig,
 } from "./adapter.ts";
 import { encodeSafetensors, type NamedTensor } from "./safetensors_write.ts";
+import { readF32Tensor, readSafetensors } from "./loaders/safetensors.ts";
 
 /** Metadata stored with an adapter. */
 export interface AdapterMetadata {
@@ -78,40 +79,24 @@ export async function saveAdapter(
   await writeFileAtomic(path, encodeAdapter(model, adapter, meta));
 }
 
-interface HeaderEntry {
-  dtype: string;
-  shape: number[];
-  data_offsets: [number, number];
-}
-
 /**
  * Reads an adapter file. Throws an error naming the file for a truncated or malformed file, a
  * missing tensor or field, or a shape that does not match the metadata.
  */
 export async function readAdapterFile(path: string): Promise<AdapterFile> {
-  let bytes: Uint8Array;
-  try {
-    bytes = await Deno.readFile(path);
-  } catch (e) {
-    throw new Error(`cannot read adapter ${path}: ${(e as Error).message}`);
-  }
   const fail = (msg: string): never => {
     throw new Error(`adapter ${path}: ${msg}`);
   };
-  if (bytes.length < 8) fail(`file of ${bytes.length} bytes is too short for a safetensors header`);
-  const headerLen = Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true));
-  if (8 + headerLen > bytes.length) {
-    fail(
-      `header of ${headerLen} bytes runs past the end of the ${bytes.length}-byte file (truncated?)`,
-    );
-  }
-  let header: Record<string, unknown>;
-  try {
-    header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)));
-  } catch (e) {
-    return fail(`invalid JSON header: ${(e as Error).message}`);
-  }
-  const meta = (header.__metadata__ ?? {}) as Record<string, string>;
+  // Errors of the safetensors reader start with the path, so "adapter " makes them read as ours.
+  const prefixed = async <T>(read: () => Promise<T>): Promise<T> => {
+    try {
+      return await read();
+    } catch (e) {
+      throw new Error(`adapter ${(e as Error).message}`);
+    }
+  };
+  const st = await prefixed(() => readSafetensors(path));
+  const meta = st.metadata;
   if (meta.format !== "llama-adapter") {
     fail(`metadata format is '${meta.format}', expected 'llama-adapter'; is this an adapter file?`);
   }
@@ -121,28 +106,15 @@ export async function readAdapterFile(path: string): Promise<AdapterFile> {
     fail(`metadata adapter_layers/adapter_len/first_layer are missing or invalid`);
   }
   if (meta.gate !== "tanh") fail(`gate function '${meta.gate}' is not supported (only tanh)`);
-  const dataStart = 8 + headerLen;
-  const tensor = (name: string): { shape: number[]; data: Float32Array } => {
-    const e = header[name] as HeaderEntry | undefined;
-    if (!e) return fail(`tensor '${name}' is missing`);
-    if (e.dtype !== "F32") return fail(`tensor '${name}' has dtype ${e.dtype}, expected F32`);
-    const [a, b] = e.data_offsets;
-    const n = e.shape.reduce((x, y) => x * y, 1);
-    if (b - a !== 4 * n) fail(`tensor '${name}' byte range does not match its shape [${e.shape}]`);
-    if (dataStart + b > bytes.length) {
-      fail(`tensor '${name}' runs past the end of the file (truncated?)`);
-    }
-    const copy = bytes.slice(dataStart + a, dataStart + b);
-    return { shape: e.shape, data: new Float32Array(copy.buffer) };
-  };
-  const query = tensor("adapter_query.weight");
+  const tensor = (name: string) => prefixed(() => readF32Tensor(st, name));
+  const query = await tensor("adapter_query.weight");
   if (query.shape.length !== 2 || query.shape[0] !== K * L) {
     fail(`adapter_query.weight has shape [${query.shape}], expected [${K * L}, dim]`);
   }
   const gates: Float32Array[] = [];
   let nHeads = -1;
   for (let i = 0; i < K; i++) {
-    const g = tensor(`layers.${first + i}.attention.gate`);
+    const g = await tensor(`layers.${first + i}.attention.gate`);
     if (g.shape.length !== 4 || g.shape[0] !== 1 || g.shape[2] !== 1 || g.shape[3] !== 1) {
       fail(
         `layers.${first + i}.attention.gate has shape [${g.shape}], expected [1, n_heads, 1, 1]`,

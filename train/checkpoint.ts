@@ -10,6 +10,11 @@
  *     <out>/checkpoints/step-000120/state.json
  */
 import { encodeSafetensors, type NamedTensor } from "../model/safetensors_write.ts";
+import {
+  readF32Tensor,
+  readSafetensors,
+  type SafetensorsFile,
+} from "../model/loaders/safetensors.ts";
 import { writeFileAtomic } from "./atomic.ts";
 import type { BatchPosition } from "../data/batch.ts";
 
@@ -103,26 +108,24 @@ export function encodeMoments(
 export async function readMoments(
   path: string,
 ): Promise<Map<string, { m: Float32Array; v: Float32Array }>> {
-  const bytes = await Deno.readFile(path);
-  const fail = (msg: string): never => {
-    throw new Error(`optimizer state ${path}: ${msg}`);
+  let st: SafetensorsFile;
+  try {
+    st = await readSafetensors(path);
+  } catch (e) {
+    throw new Error(`optimizer state ${(e as Error).message}`);
+  }
+  const read = async (name: string) => {
+    try {
+      return (await readF32Tensor(st, name)).data;
+    } catch (e) {
+      throw new Error(`optimizer state ${(e as Error).message}`);
+    }
   };
-  if (bytes.length < 8) fail("file is truncated");
-  const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
-  if (8 + n > bytes.length) fail("header runs past the end of the file (truncated?)");
-  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
   const out = new Map<string, { m: Float32Array; v: Float32Array }>();
-  const read = (key: string) => {
-    const e = header[key];
-    if (!e) return fail(`tensor '${key}' is missing`);
-    const [a, b] = e.data_offsets as [number, number];
-    if (8 + n + b > bytes.length) fail(`tensor '${key}' runs past the end of the file`);
-    return new Float32Array(bytes.slice(8 + n + a, 8 + n + b).buffer);
-  };
-  for (const key of Object.keys(header)) {
+  for (const key of st.tensors.keys()) {
     if (!key.startsWith("m.")) continue;
     const name = key.slice(2);
-    out.set(name, { m: read(`m.${name}`), v: read(`v.${name}`) });
+    out.set(name, { m: await read(`m.${name}`), v: await read(`v.${name}`) });
   }
   return out;
 }

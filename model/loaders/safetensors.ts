@@ -135,6 +135,24 @@ function parseEntry(file: ByteFile, name: string, value: unknown, dataStart: num
 }
 
 /**
+ * Reads the whole F32 tensor `name` of `st`. Throws naming the file and the tensor when the
+ * tensor is missing or has another dtype.
+ */
+export async function readF32Tensor(
+  st: SafetensorsFile,
+  name: string,
+): Promise<{ shape: number[]; data: Float32Array }> {
+  const entry = st.tensors.get(name);
+  if (!entry) throw new Error(`${st.file.path}: tensor "${name}" is missing`);
+  if (entry.dtype !== "F32") {
+    throw new Error(`${st.file.path}: tensor "${name}" has dtype ${entry.dtype}, expected F32`);
+  }
+  const bytes = await st.file.read(entry.offset, entry.length, `tensor "${name}"`);
+  // A copy starts at byte 0 of its own buffer, so it is aligned for a Float32Array.
+  return { shape: entry.shape, data: new Float32Array(bytes.slice().buffer) };
+}
+
+/**
  * Returns a lazy source named `canonical` for a safetensors entry. Throws naming the file and the
  * stored name unless the dtype is F32, F16 or BF16.
  */
