@@ -97,6 +97,15 @@ addSamplingOptions(addModelOptions(
   ),
 ))
   .option("--system <text>", "text placed before the first message")
+  .option(
+    "--instruction <text>",
+    "send each message as the input of this instruction (Alpaca prompt with an input section); " +
+      `default for the demo model with its adapter: "Answer using the text."; "" turns it off`,
+  )
+  .option(
+    "--input-prefix <text>",
+    "text put before each message sent as input (default: a space for the demo model, else none)",
+  )
   .action(async (opts) => {
     const { runChat } = await import("./cli/chat.ts");
     await runChat(opts);

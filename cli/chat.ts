@@ -5,6 +5,7 @@
 import { formatPrompt } from "../data/templates.ts";
 import { Session } from "../model/session.ts";
 import { chooseTemplate, type ModelCliOptions, openForCli } from "./common.ts";
+import { DEFAULTS, DEMO_CHAT } from "./defaults.ts";
 
 /** Options of the chat command. */
 export interface ChatCliOptions extends ModelCliOptions {
@@ -14,6 +15,27 @@ export interface ChatCliOptions extends ModelCliOptions {
   seed: number;
   decodeChunk: number;
   system?: string;
+  /**
+   * Fixed instruction: when set, each message is the input of a record with this instruction
+   * rather than the instruction itself. The demo model's default is the demo data's instruction.
+   */
+  instruction?: string;
+  /** Text put before each message used as input (the demo data starts inputs with a space). */
+  inputPrefix?: string;
+}
+
+/**
+ * Returns the instruction and input of a chat message: with a fixed `instruction`, the message
+ * (after `prefix`) is the input. In both, the two characters `\n` stand for a line break, so one
+ * typed line can hold a text and a question on its own line.
+ */
+export function chatRecord(
+  message: string,
+  instruction: string | undefined,
+  prefix: string,
+): { instruction: string; input?: string } {
+  const text = message.replaceAll("\\n", "\n");
+  return instruction ? { instruction, input: prefix + text } : { instruction: text };
 }
 
 const encoder = new TextEncoder();
@@ -37,6 +59,10 @@ export async function runChat(o: ChatCliOptions): Promise<void> {
   const opened = await openForCli(o);
   const tokenizer = opened.tokenizer!;
   const template = chooseTemplate(o, opened);
+  const demo = o.model === DEFAULTS.model && opened.adapter !== null;
+  const fixed = o.instruction ?? (demo ? DEMO_CHAT.instruction : undefined);
+  const prefix = o.inputPrefix ??
+    (demo && o.instruction === undefined ? DEMO_CHAT.inputPrefix : "");
   const eos = opened.checkpoint.config.eosIds;
   const session = Session.create(opened.llama);
   const interactive = Deno.stdin.isTerminal();
@@ -47,6 +73,12 @@ export async function runChat(o: ChatCliOptions): Promise<void> {
     `chat with ${o.model} (template '${template}', context ${session.capacity} tokens). ` +
       `Type /reset to clear the history, /exit or Ctrl-D to quit.`,
   );
+  if (fixed) {
+    console.error(
+      `Each message is the input of the instruction "${fixed}" (--instruction "" turns this ` +
+        `off); type \\n for a line break.`,
+    );
+  }
   let turn = 0;
   let seed = o.seed;
   prompt();
@@ -64,8 +96,11 @@ export async function runChat(o: ChatCliOptions): Promise<void> {
       prompt();
       continue;
     }
-    const instruction = turn === 0 && o.system ? `${o.system}\n\n${message}` : message;
-    const text = formatPrompt(template, instruction);
+    const record = chatRecord(message, fixed || undefined, prefix);
+    const instruction = turn === 0 && o.system
+      ? `${o.system}\n\n${record.instruction}`
+      : record.instruction;
+    const text = formatPrompt(template, instruction, record.input);
     const ids = tokenizer.encode(text, { bos: true });
     if (session.position + ids.length + 1 > session.capacity) {
       console.error("(the conversation reached the context limit; history cleared)");

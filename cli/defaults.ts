@@ -34,6 +34,15 @@ export const DEMO_FINETUNE = {
   adapterLayers: 4,
 };
 
+/**
+ * How `chat` sends messages to the demo model with an adapter: as the input of the demo data's
+ * one instruction, with the leading space every demo input has (see demo/README.md).
+ */
+export const DEMO_CHAT = {
+  instruction: "Answer using the text.",
+  inputPrefix: " ",
+};
+
 /** Defaults for any other model: the published LLaMA-Adapter recipe. */
 export const RECIPE_FINETUNE = {
   epochs: 5,

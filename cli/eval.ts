@@ -2,7 +2,7 @@
 import { loadDataset } from "../data/dataset.ts";
 import { Session } from "../model/session.ts";
 import { TrainGraph } from "../model/train_graph.ts";
-import { exactMatchAccuracy, readInstructions } from "../train/accuracy.ts";
+import { exactMatchAccuracy, readInstructions, type TaskAccuracy } from "../train/accuracy.ts";
 import { evaluateLoss } from "../train/evaluate.ts";
 import { chooseTemplate, type ModelCliOptions, openForCli } from "./common.ts";
 import { DEFAULTS } from "./defaults.ts";
@@ -29,7 +29,13 @@ export interface EvalResult {
   targetTokens: number;
   loss: number;
   perplexity: number;
-  exactMatch: { correct: number; total: number; accuracy: number } | null;
+  exactMatch: {
+    correct: number;
+    total: number;
+    accuracy: number;
+    /** Counts per `task` field of the records; empty when they have none. */
+    byTask: Record<string, TaskAccuracy>;
+  } | null;
   samples: { instruction: string; input?: string; expected: string; got: string }[];
   /** The base model alone with the same template, when an adapter was applied and compared. */
   base?: EvalResult | null;
@@ -67,6 +73,17 @@ export async function runEval(o: EvalCliOptions): Promise<void> {
       `${name.padEnd(14)}${r.loss.toFixed(4).padStart(9)}${r.perplexity.toFixed(3).padStart(12)}` +
         `  ${percent(r.exactMatch)}`,
     );
+  }
+  const tasks = Object.keys(result.exactMatch?.byTask ?? {});
+  if (tasks.length > 0) {
+    console.log(`exact match by task${rows.map(([name]) => name.padStart(15)).join("")}`);
+    for (const task of tasks) {
+      const cells = rows.map(([, r]) => {
+        const t = r.exactMatch?.byTask[task];
+        return (t ? `${t.correct}/${t.total}` : "-").padStart(15);
+      });
+      console.log(`  ${task.padEnd(17)}${cells.join("")}`);
+    }
   }
   console.log("loss: mean cross-entropy per target token (the answer and its end token), in nats");
 }
@@ -123,7 +140,12 @@ export async function evaluate(o: EvalCliOptions): Promise<EvalResult> {
     loss: loss.loss,
     perplexity: loss.perplexity,
     exactMatch: accuracy
-      ? { correct: accuracy.correct, total: accuracy.total, accuracy: accuracy.accuracy }
+      ? {
+        correct: accuracy.correct,
+        total: accuracy.total,
+        accuracy: accuracy.accuracy,
+        byTask: accuracy.byTask,
+      }
       : null,
     samples: accuracy?.samples ?? [],
   };

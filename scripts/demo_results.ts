@@ -115,6 +115,22 @@ const table = [
   "| --- | ---: | ---: | ---: | ---: | ---: |",
   ...rows.map((r) => `| ${r.join(" | ")} |`),
 ].join("\n");
+const models: [string, EvalResult | null][] = [["base", base], ["adapter", adapted], [
+  "full",
+  full,
+]];
+const shown = models.filter(([, r]) => r !== null) as [string, EvalResult][];
+const byTask = [
+  `| task | ${shown.map(([name]) => name).join(" | ")} |`,
+  `| --- | ${shown.map(() => "---:").join(" | ")} |`,
+  ...Object.keys(adapted.exactMatch?.byTask ?? {}).map((task) => {
+    const cells = shown.map(([, r]) => {
+      const t = r.exactMatch?.byTask[task];
+      return t ? `${t.correct}/${t.total}` : "-";
+    });
+    return `| ${task} | ${cells.join(" | ")} |`;
+  }),
+].join("\n");
 const samples = adapted.samples.slice(0, 3).map((s) =>
   `- ${s.instruction.trim()} expected \`${s.expected.trim()}\`, adapter \`${s.got.trim()}\``
 ).join("\n");
@@ -129,4 +145,7 @@ const report = {
 await Deno.mkdir(`${root}runs`, { recursive: true });
 await Deno.writeTextFile(`${root}runs/demo-results.json`, JSON.stringify(report, null, 2) + "\n");
 console.log(table);
+console.log();
+console.log(byTask);
+console.log();
 console.log(samples);

@@ -3,6 +3,7 @@
  * a missing model and bad options, and a short fine-tune/eval/generate round trip.
  */
 import assert from "node:assert/strict";
+import { chatRecord } from "../cli/chat.ts";
 import { fixture, fixtureTest } from "./helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -106,4 +107,15 @@ Deno.test("prompt file with invalid UTF-8 is rejected", async () => {
   assert.match(r.stderr, /not valid UTF-8/);
   const both = await run(["generate"]);
   assert.match(both.stderr, /--prompt/);
+});
+
+Deno.test("chat message as instruction or input", () => {
+  assert.deepEqual(chatRecord("Name a colour.", undefined, " "), {
+    instruction: "Name a colour.",
+  });
+  assert.deepEqual(chatRecord("Tom has a cat.\\nWho has the cat?", "Answer using the text.", " "), {
+    instruction: "Answer using the text.",
+    input: " Tom has a cat.\nWho has the cat?",
+  });
+  assert.deepEqual(chatRecord("a\\nb", undefined, ""), { instruction: "a\nb" });
 });

@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
+import { DEMO_CHAT } from "../cli/defaults.ts";
 import { parseLlama2cTokenizer } from "../data/llama2c_tokenizer.ts";
 import { loadTokenizer } from "../data/load_tokenizer.ts";
 import { formatPrompt } from "../data/templates.ts";
@@ -372,6 +373,12 @@ Deno.test("demo corpus closing sentences true of their stories", () => {
   assert.deepEqual([...kinds.keys()].sort(), [...TASKS].sort());
   const total = [...kinds.values()].reduce((a, b) => a + b, 0);
   for (const [task, n] of kinds) assert.ok(n > total / 20, `${n} of ${total} closing are ${task}`);
+});
+
+Deno.test("demo chat defaults match data", () => {
+  // chat sends messages to the demo model as the training records were written.
+  assert.equal(DEMO_CHAT.instruction, INSTRUCTION);
+  assert.equal(DEMO_CHAT.inputPrefix, LEADING_SPACE);
 });
 
 Deno.test("demo tasks balanced in each split", () => {

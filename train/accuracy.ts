@@ -12,6 +12,14 @@ export interface Instruction {
   instruction: string;
   input?: string;
   output: string;
+  /** The record's `task` field, when it has a string one; accuracy is also reported per task. */
+  task?: string;
+}
+
+/** Correct and total answers of one task. */
+export interface TaskAccuracy {
+  correct: number;
+  total: number;
 }
 
 /** Accuracy over a set of records, with a few sample answers. */
@@ -19,6 +27,8 @@ export interface AccuracyResult {
   correct: number;
   total: number;
   accuracy: number;
+  /** Counts per `task` field, in order of first appearance; empty when no record has one. */
+  byTask: Record<string, TaskAccuracy>;
   samples: { instruction: string; input?: string; expected: string; got: string }[];
 }
 
@@ -33,6 +43,7 @@ export async function readInstructions(path: string, limit?: number): Promise<In
       instruction: v.instruction,
       input: typeof v.input === "string" ? v.input : undefined,
       output: v.output,
+      ...(typeof v.task === "string" ? { task: v.task } : {}),
     });
     if (limit !== undefined && out.length >= limit) break;
   }
@@ -58,6 +69,7 @@ export async function exactMatchAccuracy(
 ): Promise<AccuracyResult> {
   const slack = options.slack ?? 8;
   let correct = 0;
+  const byTask: Record<string, TaskAccuracy> = {};
   const samples: AccuracyResult["samples"] = [];
   for (let i = 0; i < records.length; i++) {
     const r = records[i];
@@ -79,11 +91,16 @@ export async function exactMatchAccuracy(
     }
     const ok = normalizeAnswer(got) === normalizeAnswer(r.output);
     if (ok) correct++;
+    if (r.task !== undefined) {
+      byTask[r.task] ??= { correct: 0, total: 0 };
+      byTask[r.task].total++;
+      if (ok) byTask[r.task].correct++;
+    }
     if (samples.length < 5) {
       samples.push({ instruction: r.instruction, input: r.input, expected: r.output, got });
     }
     options.onProgress?.(i + 1);
   }
   const total = records.length;
-  return { correct, total, accuracy: total ? correct / total : NaN, samples };
+  return { correct, total, accuracy: total ? correct / total : NaN, byTask, samples };
 }
