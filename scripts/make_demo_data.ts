@@ -51,7 +51,7 @@ export interface DemoSizes {
  * 790 ids, because beyond that every word is already a single piece.
  */
 export const DEMO_SIZES: Record<string, DemoSizes> = {
-  default: { corpusTrain: 7000, corpusVal: 350, train: 2400, val: 200, test: 320, vocabSize: 768 },
+  default: { corpusTrain: 6000, corpusVal: 350, train: 2400, val: 200, test: 320, vocabSize: 768 },
   tiny: { corpusTrain: 200, corpusVal: 20, train: 48, val: 16, test: 16, vocabSize: 512 },
 };
 

@@ -14,7 +14,12 @@ import { DEMO_CHAT } from "../cli/defaults.ts";
 import { parseLlama2cTokenizer } from "../data/llama2c_tokenizer.ts";
 import { loadTokenizer } from "../data/load_tokenizer.ts";
 import { formatPrompt } from "../data/templates.ts";
-import { STORY_SENTENCES, STORY_WORDS } from "../scripts/demo/corpus.ts";
+import {
+  EXCHANGE_SEPARATOR,
+  EXERCISE_SHARE,
+  STORY_SENTENCES,
+  STORY_WORDS,
+} from "../scripts/demo/corpus.ts";
 import {
   INSTRUCTION,
   LEADING_SPACE,
@@ -77,60 +82,84 @@ function questionOf(r: Record): string {
   return lines[1];
 }
 
-/**
- * Closing sentences of corpus texts, each with the question it answers (group 1 the key, group 2
- * for trips the day) and the task whose reader checks it; see `splitClosing`.
- */
-const CLOSING: [RegExp, string, (m: RegExpMatchArray) => string][] = [
-  [/^The colour of the (\w+) is (\w+)\.$/, "colour", (m) => `What colour is the ${m[1]}?`],
-  [/^The (\w+) belongs to (\w+)\.$/, "owner", (m) => `Who has the ${m[1]}?`],
-  [/^(\w+) goes home to (the \w+ \w+)\.$/, "home", (m) => `Where does ${m[1]} live?`],
-  [/^(\w+) eats (\w+) for lunch\.$/, "food", (m) => `What food does ${m[1]} like?`],
-  [/^On (\w+), (\w+) was at (the \w+)\.$/, "trip", (m) => `Where did ${m[2]} go on ${m[1]}?`],
-  [/^The animals in the story are ([a-z, ]+)\.$/, "animals", () => "List the animals in the text."],
-  [
-    /^There (?:is|are) (\w+) animals? in the story\.$/,
-    "count",
-    () => "How many animals are in the text?",
-  ],
-  [/^The story begins: (.*)\.$/, "first_sentence", () => "Repeat the first sentence."],
-];
-
-/** The answer a closing sentence states, by task: the last group of its pattern. */
-function closingAnswer(task: string, m: RegExpMatchArray): string {
-  return task === "first_sentence" ? m[1] + "." : m[m.length - 1];
+/** A corpus text taken apart: its story, and its closing exchanges or writing exercise. */
+interface CorpusText {
+  story: string;
+  /** Closing exchanges as records asking their question about the story, with the stated answer. */
+  exchanges: { record: Record; stated: string }[];
+  /** The exercise's instruction, for a writing exercise. */
+  exercise?: string;
 }
 
+const ALPACA_START = "Below is an instruction";
+
 /**
- * Splits a corpus text into its story and its closing sentences (the trailing sentences that
- * match `CLOSING`), each closing sentence as a record that asks its question about the story.
+ * Splits a corpus text: a writing exercise (an Alpaca prompt and its response) or a story
+ * followed by lines of "question answer" (`EXCHANGE_SEPARATOR`).
  */
-function splitClosing(text: string): { story: string; closing: [Record, string][] } {
-  const sentences = text.split(/(?<=\.) (?=[A-Z])/);
-  const found: { task: string; question: string; stated: string }[] = [];
-  while (sentences.length > 0) {
-    const last = sentences[sentences.length - 1];
-    const hit = CLOSING.map(([re, task, ask]) => ({ m: last.match(re), task, ask }))
-      .find((c) => c.m !== null);
-    if (!hit) break;
-    sentences.pop();
-    found.unshift({
-      task: hit.task,
-      question: hit.ask(hit.m!),
-      stated: closingAnswer(hit.task, hit.m!),
-    });
+function parseCorpusText(text: string): CorpusText {
+  if (text.startsWith(ALPACA_START)) {
+    const write = text.match(
+      /### Instruction:\n(Write a story about \w+\.)\n\n### Response:\n (.*)$/s,
+    );
+    if (write) return { story: write[2], exchanges: [], exercise: write[1] };
+    const more = text.match(
+      /### Instruction:\n(Continue the text\.)\n\n### Input:\n (.*)\n\n### Response:\n (.*)$/s,
+    );
+    assert.ok(more, `unknown writing exercise: ${JSON.stringify(text)}`);
+    return { story: `${more[2]} ${more[3]}`, exchanges: [], exercise: more[1] };
   }
-  const story = sentences.join(" ");
-  const closing = found.map(({ task, question, stated }): [Record, string] => [
-    {
+  const [story, ...lines] = text.split(EXCHANGE_SEPARATOR);
+  const exchanges = lines.map((line) => {
+    const m = line.match(/^(.*?[?.]) (.*)$/);
+    assert.ok(m, `closing line is not a question and an answer: ${JSON.stringify(line)}`);
+    const [, question, stated] = m;
+    const task = TASKS.find((t) => QUESTIONS[t].test(question));
+    assert.ok(task, `closing question of no task: ${question}`);
+    const record: Record = {
       task,
       instruction: INSTRUCTION,
       input: LEADING_SPACE + story + QUESTION_SEPARATOR + question,
-      output: LEADING_SPACE + stated,
-    },
-    stated,
-  ]);
-  return { story, closing };
+      output: "",
+    };
+    return { record, stated };
+  });
+  return { story, exchanges };
+}
+
+/** The question pattern of each task. */
+const QUESTIONS: { [task: string]: RegExp } = {
+  colour: /^What colour is the (\w+)\?$/,
+  home: /^Where does (\w+) live\?$/,
+  owner: /^Who has the (\w+)\?$/,
+  animals: /^List the animals in the text\.$/,
+  count: /^How many animals are in the text\?$/,
+  first_sentence: /^Repeat the first sentence\.$/,
+  trip: /^Where did (\w+) go on (\w+)\?$/,
+  food: /^What food does (\w+) like\?$/,
+};
+
+/** Returns the full-sentence answer a closing exchange gives for `task` with short answer `a`. */
+function answerSentence(task: string, question: string, a: string): string {
+  const [, x, y] = question.match(QUESTIONS[task]) ?? [];
+  switch (task) {
+    case "colour":
+      return `The ${x} is ${a}.`;
+    case "owner":
+      return `${a} has the ${x}.`;
+    case "home":
+      return `${x} lives in ${a}.`;
+    case "food":
+      return `${x} likes ${a}.`;
+    case "trip":
+      return `On ${y}, ${x} went to ${a}.`;
+    case "animals":
+      return `The animals are ${a}.`;
+    case "count":
+      return a === "one" ? "There is one animal." : `There are ${a} animals.`;
+    default:
+      return a;
+  }
 }
 
 /** True when `run` occurs in `ids` as a contiguous run. */
@@ -312,8 +341,8 @@ Deno.test("committed demo files match generator", async () => {
 
 Deno.test("demo splits share no texts", () => {
   const splits: [string, string[]][] = [
-    ["corpus_train", corpusTexts("data/corpus_train.jsonl").map((t) => splitClosing(t).story)],
-    ["corpus_val", corpusTexts("data/corpus_val.jsonl").map((t) => splitClosing(t).story)],
+    ["corpus_train", corpusTexts("data/corpus_train.jsonl").map((t) => parseCorpusText(t).story)],
+    ["corpus_val", corpusTexts("data/corpus_val.jsonl").map((t) => parseCorpusText(t).story)],
     ["train", instructions("data/train.jsonl").map(storyOf)],
     ["val", instructions("data/val.jsonl").map(storyOf)],
     ["test", instructions("data/test.jsonl").map(storyOf)],
@@ -330,7 +359,7 @@ Deno.test("demo splits share no texts", () => {
 
 Deno.test("demo stories within length limits", () => {
   const texts = [
-    ...corpusTexts("data/corpus_train.jsonl").map((t) => splitClosing(t).story),
+    ...corpusTexts("data/corpus_train.jsonl").map((t) => parseCorpusText(t).story),
     ...instructions("data/test.jsonl").map(storyOf),
   ];
   for (const text of texts) {
@@ -356,23 +385,38 @@ Deno.test("demo answers readable from input", () => {
   }
 });
 
-Deno.test("demo corpus closing sentences true of their stories", () => {
+Deno.test("demo corpus answers true of their stories", () => {
   const kinds = new Map<string, number>();
+  let texts = 0;
+  let exercises = 0;
   for (const file of ["data/corpus_train.jsonl", "data/corpus_val.jsonl"]) {
     for (const [line, text] of corpusTexts(file).entries()) {
       const where = `demo/${file}:${line + 1}`;
-      const { closing } = splitClosing(text);
-      assert.ok(closing.length >= 1 && closing.length <= 2, `${where}: ${closing.length} closing`);
-      for (const [r, stated] of closing) {
-        assert.equal(readAnswer(r), stated, `${where}: "${r.output}" is not true of: ${text}`);
-        kinds.set(r.task, (kinds.get(r.task) ?? 0) + 1);
+      const { story, exchanges, exercise } = parseCorpusText(text);
+      texts++;
+      if (exercise) {
+        exercises++;
+        const name = exercise.match(/about (\w+)\./)?.[1];
+        if (name) assert.ok(story.includes(name), `${where}: ${name} is not in the story`);
+        continue;
+      }
+      assert.ok(exchanges.length >= 1, `${where}: no closing exchange`);
+      assert.ok(exchanges.length <= 2, `${where}: ${exchanges.length} closing exchanges`);
+      for (const { record, stated } of exchanges) {
+        const short = readAnswer(record);
+        const question = questionOf(record);
+        assert.equal(stated, answerSentence(record.task, question, short), `${where}: ${text}`);
+        kinds.set(record.task, (kinds.get(record.task) ?? 0) + 1);
       }
     }
   }
-  // Every kind of closing sentence occurs, and none dominates.
+  // Every kind of exchange occurs and none dominates, and about a tenth of texts are exercises.
   assert.deepEqual([...kinds.keys()].sort(), [...TASKS].sort());
   const total = [...kinds.values()].reduce((a, b) => a + b, 0);
-  for (const [task, n] of kinds) assert.ok(n > total / 20, `${n} of ${total} closing are ${task}`);
+  for (const [task, n] of kinds) {
+    assert.ok(n > total / 20, `${n} of ${total} exchanges are ${task}`);
+  }
+  assert.ok(Math.abs(exercises / texts - EXERCISE_SHARE) < 0.02, `${exercises} of ${texts}`);
 });
 
 Deno.test("demo chat defaults match data", () => {

@@ -8,6 +8,7 @@
  * "What colour is the cat?" and "Who has the ball?" have a single answer. Pronouns are avoided:
  * names repeat, which keeps the texts easy for a small model.
  */
+import { formatPrompt } from "../../data/templates.ts";
 import type { Rng } from "../../model/rng.ts";
 import {
   ANIMAL_ADJECTIVES,
@@ -282,7 +283,7 @@ export function writeStory(world: World, rng: Rng, require: StoryRequirements = 
   );
 }
 
-/** The kinds of fact a closing sentence can restate; see `closingSentences`. */
+/** The kinds of closing exchange; one per instruction task type (instructions.ts). */
 const CLOSING_KINDS = [
   "colour",
   "owner",
@@ -291,62 +292,103 @@ const CLOSING_KINDS = [
   "trip",
   "animals",
   "count",
-  "first",
+  "first_sentence",
 ] as const;
 
+/** Text between a corpus story and its closing exchanges, and between two exchanges. */
+export const EXCHANGE_SEPARATOR = "\n";
+
 /**
- * Returns the sentences that can close `story` by restating one of its facts, grouped by kind:
- * the key comes first and the fact last ("The colour of the ball is red."), so predicting the
- * last words of such a sentence means finding the fact earlier in the same story. Corpus stories
- * end with one or two of them; without them the corpus never rewards reading back through a text,
- * and a base model pretrained on it cannot answer questions about its input.
+ * Returns the exchanges that can close `story`, grouped by kind: a question about the story and
+ * its answer as a full sentence, as in a reading primer ("What colour is the ball? The ball is
+ * red."). To predict such an answer a model has to find the fact earlier in the same text, so
+ * these teach the base model to read back through its input. The instruction set asks the same
+ * questions but wants short answers in the Alpaca format, which the base model never sees with
+ * a question.
  */
-export function closingSentences(story: Story): Map<string, string[]> {
+export function closingExchanges(story: Story): Map<string, string[]> {
   const kinds = new Map<string, string[]>();
-  const add = (kind: (typeof CLOSING_KINDS)[number], words: string) => {
+  const add = (kind: (typeof CLOSING_KINDS)[number], question: string, answer: string) => {
     if (!kinds.has(kind)) kinds.set(kind, []);
-    kinds.get(kind)!.push(sentence(words));
+    kinds.get(kind)!.push(`${question} ${sentence(answer)}`);
   };
   for (const [noun, colour] of story.colours) {
-    add("colour", `the colour of the ${noun} is ${colour}`);
+    add("colour", `What colour is the ${noun}?`, `the ${noun} is ${colour}`);
   }
-  for (const [noun, owner] of story.owners) add("owner", `the ${noun} belongs to ${owner}`);
-  for (const [person, home] of story.homes) add("home", `${person} goes home to ${home}`);
-  for (const [person, food] of story.foods) add("food", `${person} eats ${food} for lunch`);
+  for (const [noun, owner] of story.owners) {
+    add("owner", `Who has the ${noun}?`, `${owner} has the ${noun}`);
+  }
+  for (const [person, home] of story.homes) {
+    add("home", `Where does ${person} live?`, `${person} lives in ${home}`);
+  }
+  for (const [person, food] of story.foods) {
+    add("food", `What food does ${person} like?`, `${person} likes ${food}`);
+  }
   if (story.trip) {
     const { day, place } = story.trip;
-    for (const person of story.trip.people) add("trip", `on ${day}, ${person} was at ${place}`);
+    for (const person of story.trip.people) {
+      add("trip", `Where did ${person} go on ${day}?`, `on ${day}, ${person} went to ${place}`);
+    }
   }
   const n = story.animals.length;
   if (n > 0) {
-    add("animals", `the animals in the story are ${story.animals.join(", ")}`);
+    add("animals", "List the animals in the text.", `the animals are ${story.animals.join(", ")}`);
     add(
       "count",
-      n === 1
-        ? "there is one animal in the story"
-        : `there are ${NUMBER_WORDS[n]} animals in the story`,
+      "How many animals are in the text?",
+      n === 1 ? "there is one animal" : `there are ${NUMBER_WORDS[n]} animals`,
     );
   }
-  add("first", `the story begins: ${story.sentences[0].slice(0, -1)}`);
+  add("first_sentence", "Repeat the first sentence.", story.sentences[0].slice(0, -1));
   return kinds;
 }
 
 /**
- * Returns `story`'s text followed by one or two closing sentences (see `closingSentences`) of
- * different kinds, the kinds drawn uniformly from those the story allows.
+ * Returns `story`'s text followed by one or two closing exchanges (see `closingExchanges`) of
+ * different kinds, each on its own line, the kinds drawn uniformly from those the story allows.
  */
-export function withClosing(story: Story, rng: Rng): string {
-  const kinds = closingSentences(story);
+export function withExchanges(story: Story, rng: Rng): string {
+  const kinds = closingExchanges(story);
   const order = rng.shuffle([...kinds.keys()]);
   const count = Math.min(order.length, 1 + rng.int(2));
-  const closing = order.slice(0, count).map((kind) => pick(rng, kinds.get(kind)!));
-  return [story.text, ...closing].join(" ");
+  const exchanges = order.slice(0, count).map((kind) => pick(rng, kinds.get(kind)!));
+  return [story.text, ...exchanges].join(EXCHANGE_SEPARATOR);
+}
+
+/** Capitalised words that start story sentences and are not names. */
+const SENTENCE_OPENERS = ["The", "On", "At"];
+
+/** Text that starts every instruction input and output; see instructions.ts. */
+export const LEADING_SPACE = " ";
+
+/** Share of corpus texts that are writing exercises (`writingExercise`). */
+export const EXERCISE_SHARE = 0.1;
+
+/**
+ * Returns a writing exercise in the Alpaca format built on `story`: "Write a story about Tom."
+ * answered by the story, or "Continue the text." with the story's first sentences as input and
+ * the rest as the response. They teach the base model the prompt format (its header and
+ * markers would otherwise be words it never saw) without any question.
+ */
+export function writingExercise(story: Story, rng: Rng): string {
+  const { sentences } = story;
+  if (rng.uniform() < 0.5) {
+    // The first capitalised word that is not a sentence opener is the first name in the story.
+    const name = story.text.split(/[ ,.]+/).find((w) =>
+      /^[A-Z]/.test(w) && !SENTENCE_OPENERS.includes(w)
+    )!;
+    return formatPrompt("alpaca", `Write a story about ${name}.`) + LEADING_SPACE + story.text;
+  }
+  const cut = 1 + rng.int(sentences.length - 2);
+  const input = LEADING_SPACE + sentences.slice(0, cut).join(" ");
+  return formatPrompt("alpaca", "Continue the text.", input) + LEADING_SPACE +
+    sentences.slice(cut).join(" ");
 }
 
 /**
- * Draws `count` corpus texts, each a story with its closing sentences (`withClosing`), whose
- * stories are not in `used`, adding each story to `used`, so that corpus and instruction splits
- * never share a story.
+ * Draws `count` corpus texts whose stories are not in `used`, adding each story to `used`, so
+ * that corpus and instruction splits never share a story. A text is a story with closing
+ * exchanges (`withExchanges`) or, with probability EXERCISE_SHARE, a writing exercise.
  */
 export function writeCorpus(world: World, rng: Rng, count: number, used: Set<string>): string[] {
   const texts: string[] = [];
@@ -358,7 +400,8 @@ export function writeCorpus(world: World, rng: Rng, count: number, used: Set<str
       continue;
     }
     used.add(story.text);
-    texts.push(withClosing(story, rng));
+    const exercise = rng.uniform() < EXERCISE_SHARE;
+    texts.push(exercise ? writingExercise(story, rng) : withExchanges(story, rng));
   }
   return texts;
 }

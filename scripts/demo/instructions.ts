@@ -24,6 +24,7 @@
  */
 import type { Rng } from "../../model/rng.ts";
 import {
+  LEADING_SPACE,
   MAX_REPEATED_STORIES,
   repeatedStoriesError,
   type Story,
@@ -53,8 +54,7 @@ export const INSTRUCTION = "Answer using the text.";
 /** Text between the story and the question in an input. */
 export const QUESTION_SEPARATOR = "\n";
 
-/** Text that starts every input and output; see the module comment. */
-export const LEADING_SPACE = " ";
+export { LEADING_SPACE } from "./corpus.ts";
 
 /** An Alpaca record with the task type it was made for. */
 export interface InstructionRecord {
