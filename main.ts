@@ -239,6 +239,12 @@ addModelOptions(
   .option("--limit <n>", "evaluate only the first N examples", int("--limit", 1))
   .option("--accuracy", "also generate greedily and report exact-match accuracy", true)
   .option("--no-accuracy", "report loss and perplexity only")
+  .option(
+    "--show <n>",
+    "print the first N generated answers beside the expected ones",
+    int("--show", 0),
+    0,
+  )
   .option("--json", "print machine-readable JSON", false)
   .addOption(
     new Option("--template <name>", "prompt template").choices(["alpaca", "none"]),

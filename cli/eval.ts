@@ -14,6 +14,8 @@ export interface EvalCliOptions extends ModelCliOptions {
   batchSize: number;
   limit?: number;
   accuracy: boolean;
+  /** Number of generated answers to print beside the expected ones (default 0). */
+  show?: number;
   /** With an adapter, also evaluate the base model alone on the same prompts (default true). */
   base?: boolean;
   json: boolean;
@@ -85,6 +87,17 @@ export async function runEval(o: EvalCliOptions): Promise<void> {
       console.log(`  ${task.padEnd(17)}${cells.join("")}`);
     }
   }
+  const shown = result.samples.slice(0, o.show ?? 0);
+  for (const [i, sample] of shown.entries()) {
+    const base = result.base?.samples[i]?.got;
+    console.log(`\n#${i + 1} ${sample.instruction}${sample.input ? `\n${sample.input}` : ""}`);
+    console.log(`  expected     ${JSON.stringify(sample.expected.trim())}`);
+    if (base !== undefined) console.log(`  base model   ${JSON.stringify(base.trim())}`);
+    console.log(
+      `  ${(result.base ? "with adapter" : "got").padEnd(13)}${JSON.stringify(sample.got.trim())}`,
+    );
+  }
+  if (shown.length > 0) console.log();
   console.log("loss: mean cross-entropy per target token (the answer and its end token), in nats");
 }
 
@@ -121,6 +134,7 @@ export async function evaluate(o: EvalCliOptions): Promise<EvalResult> {
       data.template,
       opened.checkpoint.config.eosIds,
       {
+        samples: Math.max(5, o.show ?? 0),
         onProgress: (n) => {
           if (!o.json && !o.quiet && (n % 25 === 0 || n === records.length)) {
             console.error(`accuracy: ${n}/${records.length}`);

@@ -65,7 +65,13 @@ export async function exactMatchAccuracy(
   records: readonly Instruction[],
   template: TemplateName,
   eosIds: readonly number[],
-  options: { slack?: number; decodeChunk?: number; onProgress?: (done: number) => void } = {},
+  options: {
+    slack?: number;
+    decodeChunk?: number;
+    /** Number of answers kept in `samples`, the first ones (default 5). */
+    samples?: number;
+    onProgress?: (done: number) => void;
+  } = {},
 ): Promise<AccuracyResult> {
   const slack = options.slack ?? 8;
   let correct = 0;
@@ -96,7 +102,7 @@ export async function exactMatchAccuracy(
       byTask[r.task].total++;
       if (ok) byTask[r.task].correct++;
     }
-    if (samples.length < 5) {
+    if (samples.length < (options.samples ?? 5)) {
       samples.push({ instruction: r.instruction, input: r.input, expected: r.output, got });
     }
     options.onProgress?.(i + 1);
