@@ -87,8 +87,8 @@ export async function runEval(o: EvalCliOptions): Promise<void> {
       console.log(`  ${task.padEnd(17)}${cells.join("")}`);
     }
   }
-  const shown = result.samples.slice(0, o.show ?? 0);
-  for (const [i, sample] of shown.entries()) {
+  const printed = result.samples.slice(0, o.show ?? 0);
+  for (const [i, sample] of printed.entries()) {
     const base = result.base?.samples[i]?.got;
     console.log(`\n#${i + 1} ${sample.instruction}${sample.input ? `\n${sample.input}` : ""}`);
     console.log(`  expected     ${JSON.stringify(sample.expected.trim())}`);
@@ -97,7 +97,7 @@ export async function runEval(o: EvalCliOptions): Promise<void> {
       `  ${(result.base ? "with adapter" : "got").padEnd(13)}${JSON.stringify(sample.got.trim())}`,
     );
   }
-  if (shown.length > 0) console.log();
+  if (printed.length > 0) console.log();
   console.log("loss: mean cross-entropy per target token (the answer and its end token), in nats");
 }
 

@@ -1,13 +1,13 @@
 /**
- * Instruction records over stories: each record's input is a new story followed, on its own
- * line, by a question the story answers exactly; the instruction (`INSTRUCTION`) is the same for
- * every record. One fixed question pattern per task type, so a small model with an adapter can
- * learn each pattern.
+ * Instruction records over stories. Each record's input is a new story followed, on its own line,
+ * by a question the story answers exactly, and every record has the same instruction
+ * (`INSTRUCTION`). Each task type has one fixed question pattern, so a small model with an
+ * adapter can learn each pattern.
  *
  * The question comes after the story, not in the instruction, because the Alpaca prompt puts the
  * instruction before the input: there, a model would have to carry the question's subject past
- * the whole story to the answer. After the story, the subject sits a few tokens before the
- * answer, as the key of a closing sentence does in the corpus (corpus.ts).
+ * the whole story to the answer. After the story, the question sits where the corpus's primer
+ * questions do (corpus.ts).
  *
  * Answer format: a short span copied from the input (a colour, a name, a place with its
  * article, a food), a comma-separated list of animals in order of first appearance, a number
