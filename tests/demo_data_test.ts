@@ -222,55 +222,55 @@ function animalsOf(text: string): string[] {
 /** Reads the answer to `r` from its input, without the leading space. */
 function readAnswer(r: Record): string {
   const text = storyOf(r);
-  const asked = questionOf(r);
+  const questionText = questionOf(r);
   switch (r.task) {
     case "colour": {
-      const [noun] = question(asked, /^What colour is the (\w+)\?$/);
+      const [noun] = question(questionText, QUESTIONS[r.task]);
       const found = captures(text, [`\\b(${COLOUR}) ${noun}\\b`, `The ${noun} is (${COLOUR})\\.`]);
-      return only(found, asked);
+      return only(found, questionText);
     }
     case "home": {
-      const [p] = question(asked, /^Where does (\w+) live\?$/);
+      const [p] = question(questionText, QUESTIONS[r.task]);
       const found = captures(text, [
         `\\b${p} lives in (the \\w+ \\w+)\\.`,
         `The home of ${p} is in (the \\w+ \\w+)\\.`,
       ]);
-      return only(found, asked);
+      return only(found, questionText);
     }
     case "owner": {
-      const [noun] = question(asked, /^Who has the (\w+)\?$/);
+      const [noun] = question(questionText, QUESTIONS[r.task]);
       const found = captures(text, [
         `\\b(\\w+) has (?:an?|one) (?:pet )?(?:(?:${COLOUR}) )?${noun}\\b`,
       ]);
-      return only(found, asked);
+      return only(found, questionText);
     }
     case "animals":
-      question(asked, /^List the animals in the text\.$/);
+      question(questionText, QUESTIONS[r.task]);
       return animalsOf(text).join(", ");
     case "count":
-      question(asked, /^How many animals are in the text\?$/);
+      question(questionText, QUESTIONS[r.task]);
       return NUMBER_WORDS[animalsOf(text).length];
     case "first_sentence": {
-      question(asked, /^Repeat the first sentence\.$/);
+      question(questionText, QUESTIONS[r.task]);
       const end = text.indexOf(". ");
       return end < 0 ? text : text.slice(0, end + 1);
     }
     case "trip": {
-      const [p, day] = question(asked, /^Where did (\w+) go on (\w+)\?$/);
+      const [p, day] = question(questionText, QUESTIONS[r.task]);
       const who = `(?:\\w+ and )?${p}(?: and \\w+)?`;
       const found = captures(text, [
         `On ${day}, ${who} went to (the \\w+)\\.`,
         `\\b${who} went to (the \\w+) on ${day}\\.`,
       ]);
-      return only(found, asked);
+      return only(found, questionText);
     }
     case "food": {
-      const [p] = question(asked, /^What food does (\w+) like\?$/);
+      const [p] = question(questionText, QUESTIONS[r.task]);
       const found = captures(text, [
         `\\b${p} likes (\\w+)\\.`,
         `The favourite food of ${p} is (\\w+)\\.`,
       ]);
-      return only(found, asked);
+      return only(found, questionText);
     }
     default:
       throw new Error(`unknown task ${JSON.stringify(r.task)}`);

@@ -10,11 +10,7 @@
  *     <out>/checkpoints/step-000120/state.json
  */
 import { encodeSafetensors, type NamedTensor } from "../model/safetensors_write.ts";
-import {
-  readF32Tensor,
-  readSafetensors,
-  type SafetensorsFile,
-} from "../model/loaders/safetensors.ts";
+import { readF32Tensor, readSafetensors } from "../model/loaders/safetensors.ts";
 import { writeFileAtomic } from "./atomic.ts";
 import type { BatchPosition } from "../data/batch.ts";
 
@@ -108,24 +104,18 @@ export function encodeMoments(
 export async function readMoments(
   path: string,
 ): Promise<Map<string, { m: Float32Array; v: Float32Array }>> {
-  let st: SafetensorsFile;
+  // Errors of the safetensors reader start with the path, so the prefix names what the file is.
   try {
-    st = await readSafetensors(path);
+    const st = await readSafetensors(path);
+    const read = async (name: string) => (await readF32Tensor(st, name)).data;
+    const out = new Map<string, { m: Float32Array; v: Float32Array }>();
+    for (const key of st.tensors.keys()) {
+      if (!key.startsWith("m.")) continue;
+      const name = key.slice(2);
+      out.set(name, { m: await read(`m.${name}`), v: await read(`v.${name}`) });
+    }
+    return out;
   } catch (e) {
     throw new Error(`optimizer state ${(e as Error).message}`);
   }
-  const read = async (name: string) => {
-    try {
-      return (await readF32Tensor(st, name)).data;
-    } catch (e) {
-      throw new Error(`optimizer state ${(e as Error).message}`);
-    }
-  };
-  const out = new Map<string, { m: Float32Array; v: Float32Array }>();
-  for (const key of st.tensors.keys()) {
-    if (!key.startsWith("m.")) continue;
-    const name = key.slice(2);
-    out.set(name, { m: await read(`m.${name}`), v: await read(`v.${name}`) });
-  }
-  return out;
 }
