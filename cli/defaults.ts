@@ -35,8 +35,8 @@ export const DEMO_FINETUNE = {
 };
 
 /**
- * How `chat` sends messages to the demo model with an adapter: as the input of the demo data's
- * one instruction, with the leading space every demo input has (see demo/README.md).
+ * Chat settings for the demo model with an adapter: each message is the input of the demo data's
+ * one instruction, after the leading space every demo input has (see demo/README.md).
  */
 export const DEMO_CHAT = {
   instruction: "Answer using the text.",

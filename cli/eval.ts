@@ -51,7 +51,7 @@ function percent(em: EvalResult["exactMatch"]): string {
 export async function runEval(o: EvalCliOptions): Promise<void> {
   const result = await evaluate(o);
   if (result.adapter && (o.base ?? true)) {
-    // The base model sees the prompts the adapter was trained with, so the rows differ only in
+    // The base model gets the prompts the adapter was trained with, so the rows differ only in
     // the adapter.
     result.base = await evaluate({ ...o, adapter: false, template: result.template });
   }

@@ -119,12 +119,12 @@ const models: [string, EvalResult | null][] = [["base", base], ["adapter", adapt
   "full",
   full,
 ]];
-const shown = models.filter(([, r]) => r !== null) as [string, EvalResult][];
+const columns = models.filter(([, r]) => r !== null) as [string, EvalResult][];
 const byTask = [
-  `| task | ${shown.map(([name]) => name).join(" | ")} |`,
-  `| --- | ${shown.map(() => "---:").join(" | ")} |`,
+  `| task | ${columns.map(([name]) => name).join(" | ")} |`,
+  `| --- | ${columns.map(() => "---:").join(" | ")} |`,
   ...Object.keys(adapted.exactMatch?.byTask ?? {}).map((task) => {
-    const cells = shown.map(([, r]) => {
+    const cells = columns.map(([, r]) => {
       const t = r.exactMatch?.byTask[task];
       return t ? `${t.correct}/${t.total}` : "-";
     });
