@@ -4,7 +4,7 @@
  * Option parsing lives here; each command's work lives in `cli/`, on top of the library in `mod.ts`.
  */
 import { Command, InvalidArgumentError, Option } from "commander";
-import { DEFAULTS } from "./cli/defaults.ts";
+import { DEFAULTS, FINETUNE_DEFAULTS } from "./cli/defaults.ts";
 
 function int(name: string, min = 0) {
   return (v: string) => {
@@ -130,7 +130,18 @@ addModelOptions(
     "number of adapted blocks, counted from the top (default: all but the first two)",
     int("--adapter-layers", 1),
   )
-  .option("--adapter-len <l>", "adaption prompt length per block", int("--adapter-len", 1), 10)
+  .option(
+    "--bias",
+    "also train a bias on every linear layer of the adapted blocks, as LLaMA-Adapter V2 does " +
+      "(default: on for the demo model, off otherwise)",
+  )
+  .option("--no-bias", "train prompts and gates only (LLaMA-Adapter V1)")
+  .option(
+    "--adapter-len <l>",
+    "adaption prompt length per block",
+    int("--adapter-len", 1),
+    FINETUNE_DEFAULTS.adapterLen,
+  )
   .option(
     "--epochs <n>",
     "epochs over the training data (default: 5, the published recipe; 1 for the demo model)",
@@ -146,27 +157,52 @@ addModelOptions(
     "examples per micro-batch (default: 4; 8 for the demo model)",
     int("--batch-size", 1),
   )
-  .option("--grad-accum <n>", "micro-batches per optimiser step", int("--grad-accum", 1), 1)
+  .option(
+    "--grad-accum <n>",
+    "micro-batches per optimiser step",
+    int("--grad-accum", 1),
+    FINETUNE_DEFAULTS.gradAccum,
+  )
   .option(
     "--lr <rate>",
     "peak learning rate (default: 9e-3 x effective batch / 256, the published recipe)",
     num("--lr", 0),
   )
-  .option("--min-lr <rate>", "learning rate at the end of the cosine decay", num("--min-lr", 0), 0)
+  .option(
+    "--min-lr <rate>",
+    "learning rate at the end of the cosine decay",
+    num("--min-lr", 0),
+    FINETUNE_DEFAULTS.minLr,
+  )
   .option("--warmup-steps <n>", "linear warm-up length in optimiser steps", int("--warmup-steps"))
   .option(
     "--warmup-epochs <n>",
     "linear warm-up length in epochs (default 2, as the recipe's 2 of 5)",
     num("--warmup-epochs", 0),
   )
-  .option("--weight-decay <w>", "AdamW decoupled weight decay", num("--weight-decay", 0), 0.02)
-  .option("--beta1 <b>", "AdamW first-moment decay", num("--beta1", 0, 1), 0.9)
-  .option("--beta2 <b>", "AdamW second-moment decay", num("--beta2", 0, 1), 0.95)
+  .option(
+    "--weight-decay <w>",
+    "AdamW decoupled weight decay",
+    num("--weight-decay", 0),
+    FINETUNE_DEFAULTS.weightDecay,
+  )
+  .option(
+    "--beta1 <b>",
+    "AdamW first-moment decay",
+    num("--beta1", 0, 1),
+    FINETUNE_DEFAULTS.beta1,
+  )
+  .option(
+    "--beta2 <b>",
+    "AdamW second-moment decay",
+    num("--beta2", 0, 1),
+    FINETUNE_DEFAULTS.beta2,
+  )
   .option(
     "--clip-grad <norm>",
     "clip the global gradient norm to this value (0: off)",
     num("--clip-grad", 0),
-    0,
+    FINETUNE_DEFAULTS.clipGrad,
   )
   .option(
     "--max-seq-len <n>",
@@ -175,43 +211,57 @@ addModelOptions(
   )
   .addOption(
     new Option("--on-long <policy>", "what to do with examples longer than --max-seq-len")
-      .choices(["truncate", "skip"]).default("truncate"),
+      .choices(["truncate", "skip"]).default(FINETUNE_DEFAULTS.onLong),
   )
   .addOption(
     new Option("--on-bad-record <policy>", "what to do with a malformed record")
-      .choices(["skip", "fail"]).default("skip"),
+      .choices(["skip", "fail"]).default(FINETUNE_DEFAULTS.onBadRecord),
   )
   .addOption(
     new Option("--template <name>", "prompt template for Alpaca records")
-      .choices(["alpaca", "none"]).default("alpaca"),
+      .choices(["alpaca", "none"]).default(FINETUNE_DEFAULTS.template),
   )
-  .option("--seed <n>", "random seed for prompt initialisation and data order", int("--seed"), 0)
+  .option(
+    "--seed <n>",
+    "random seed for prompt initialisation and data order",
+    int("--seed"),
+    FINETUNE_DEFAULTS.seed,
+  )
   .option(
     "--log-every <n>",
     "read the loss back and log metrics every N optimiser steps",
     int("--log-every", 1),
-    10,
+    FINETUNE_DEFAULTS.logEvery,
   )
   .option(
     "--eval-every <n>",
     "validation loss every N optimiser steps (0: at the end only)",
     int("--eval-every"),
-    0,
+    FINETUNE_DEFAULTS.evalEvery,
   )
   .option(
     "--save-every <n>",
     "checkpoint every N optimiser steps (0: at the end only)",
     int("--save-every"),
-    0,
+    FINETUNE_DEFAULTS.saveEvery,
   )
-  .option("--keep <n>", "number of step checkpoints to keep", int("--keep", 1), 3)
-  .option("--resume", "continue from the last checkpoint in --out", false)
+  .option(
+    "--keep <n>",
+    "number of step checkpoints to keep",
+    int("--keep", 1),
+    FINETUNE_DEFAULTS.keep,
+  )
+  .option("--resume", "continue from the last checkpoint in --out", FINETUNE_DEFAULTS.resume)
   .option(
     "--recompute",
     "recompute activations in backward instead of keeping them (less memory)",
-    false,
+    FINETUNE_DEFAULTS.recompute,
   )
-  .option("--full", "train every weight instead of an adapter (full fine-tuning)", false)
+  .option(
+    "--full",
+    "train every weight instead of an adapter (full fine-tuning)",
+    FINETUNE_DEFAULTS.full,
+  )
   .action(async (opts) => {
     const { runFinetune } = await import("./cli/finetune.ts");
     await runFinetune(opts);

@@ -4,6 +4,7 @@ import { Session } from "../model/session.ts";
 import { TrainGraph } from "../model/train_graph.ts";
 import { exactMatchAccuracy, readInstructions, type TaskAccuracy } from "../train/accuracy.ts";
 import { evaluateLoss } from "../train/evaluate.ts";
+import type { OpenedModel } from "../model/open.ts";
 import { chooseTemplate, type ModelCliOptions, openForCli } from "./common.ts";
 import { DEFAULTS } from "./defaults.ts";
 
@@ -50,11 +51,6 @@ function percent(em: EvalResult["exactMatch"]): string {
 /** Runs the eval command and prints a table or JSON. */
 export async function runEval(o: EvalCliOptions): Promise<void> {
   const result = await evaluate(o);
-  if (result.adapter && (o.base ?? true)) {
-    // The base model gets the prompts the adapter was trained with, so the rows differ only in
-    // the adapter.
-    result.base = await evaluate({ ...o, adapter: false, template: result.template });
-  }
   if (o.json) {
     console.log(JSON.stringify(result, null, 2));
     return;
@@ -101,16 +97,41 @@ export async function runEval(o: EvalCliOptions): Promise<void> {
   console.log("loss: mean cross-entropy per target token (the answer and its end token), in nats");
 }
 
-/** Computes loss, perplexity and (for Alpaca data) exact-match accuracy; see `runEval`. */
+/**
+ * Computes loss, perplexity and (for Alpaca data) exact-match accuracy; see `runEval`. With an
+ * adapter and `base` not false, also evaluates the base model alone into `result.base`, on the
+ * same prompts so that the rows differ only in the adapter. The model is opened once for both.
+ */
 export async function evaluate(o: EvalCliOptions): Promise<EvalResult> {
   const opened = await openForCli({ ...o, quiet: o.quiet || o.json });
+  try {
+    const result = await evaluateOpened(o, opened);
+    const adapter = opened.llama.adapter;
+    if (adapter && (o.base ?? true)) {
+      // Detached, the adapter's tensors stay on the GPU but no block reads them.
+      opened.llama.adapter = null;
+      try {
+        result.base = await evaluateOpened({ ...o, template: result.template }, opened);
+      } finally {
+        opened.llama.adapter = adapter;
+      }
+    }
+    return result;
+  } finally {
+    opened.gpu.destroy();
+  }
+}
+
+/** Evaluates `opened` as it is: with its adapter when one is attached to the model. */
+async function evaluateOpened(o: EvalCliOptions, opened: OpenedModel): Promise<EvalResult> {
+  const withAdapter = opened.llama.adapter !== null;
   const tokenizer = opened.tokenizer!;
   const template = chooseTemplate({ ...o, template: o.template ?? undefined }, opened);
   const maxSeqLen = Math.min(o.maxSeqLen, opened.checkpoint.config.maxSeqLen);
   const data = await loadDataset(o.data, {
     tokenizer,
     maxSeqLen,
-    template: template === "none" && !opened.adapter && !o.template ? "alpaca" : template,
+    template: template === "none" && !withAdapter && !o.template ? "alpaca" : template,
     overLength: "truncate",
     onBadRecord: "skip",
   });
@@ -146,7 +167,7 @@ export async function evaluate(o: EvalCliOptions): Promise<EvalResult> {
   const adapterPath = typeof o.adapter === "string" ? o.adapter : DEFAULTS.adapter;
   const result: EvalResult = {
     model: o.model,
-    adapter: opened.adapter ? adapterPath : null,
+    adapter: withAdapter ? adapterPath : null,
     data: o.data,
     template: data.template,
     examples: loss.examples,
@@ -163,6 +184,5 @@ export async function evaluate(o: EvalCliOptions): Promise<EvalResult> {
       : null,
     samples: accuracy?.samples ?? [],
   };
-  opened.gpu.destroy();
   return result;
 }

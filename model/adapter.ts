@@ -16,8 +16,15 @@
  * Checkpoints use the tensor names of the reference release: `adapter_query.weight` of shape
  * (K * L, dim), prompts of the lowest adapted block first, and `layers.{i}.attention.gate` of shape
  * (1, n_heads, 1, 1) for each adapted block index i.
+ *
+ * Optional bias tuning, the bias half of LLaMA-Adapter V2's "bias tuning" (Gao et al., 2023): each
+ * adapted block also trains a bias on the output of each of its seven linear layers (wq, wk, wv,
+ * wo, w1, w2, w3), added after the matrix product and before the rotary embedding. The biases
+ * start at zero, so the adapted model still starts as the base model. The prompt keys and values
+ * go through the same biased wk and wv. V2's per-channel scales and unfrozen norms are not
+ * implemented.
  */
-import type { ModelConfig } from "./config.ts";
+import { headDim, type ModelConfig } from "./config.ts";
 import type { ModelWeights } from "./weights.ts";
 import { Rng } from "./rng.ts";
 
@@ -27,6 +34,8 @@ export interface AdapterConfig {
   layers: number;
   /** Prompt length L per adapted block. */
   length: number;
+  /** Also train a bias on every linear layer of the adapted blocks (see the module comment). */
+  bias?: boolean;
 }
 
 /** Adapter parameters on the CPU. */
@@ -36,6 +45,51 @@ export interface Adapter {
   prompts: Float32Array;
   /** (K, n_heads): gate values before tanh. */
   gates: Float32Array;
+  /**
+   * With `config.bias`: (K, biasBlockSize) biases, the lowest adapted block first, each block's
+   * biases in BIAS_NAMES order. Absent otherwise.
+   */
+  biases?: Float32Array;
+}
+
+/** Linear layers that get a bias with bias tuning, in the order they are stored. */
+export const BIAS_NAMES = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"] as const;
+
+/** Name of a linear layer of a block. */
+export type BiasName = typeof BIAS_NAMES[number];
+
+/** Returns the output width of each linear layer of a block: the length of its bias. */
+export function biasSizes(model: ModelConfig): Record<BiasName, number> {
+  const D = headDim(model);
+  return {
+    wq: model.nHeads * D,
+    wk: model.nKvHeads * D,
+    wv: model.nKvHeads * D,
+    wo: model.dim,
+    w1: model.hiddenDim,
+    w2: model.dim,
+    w3: model.hiddenDim,
+  };
+}
+
+/** Returns the count of bias values of one block. */
+export function biasBlockSize(model: ModelConfig): number {
+  return Object.values(biasSizes(model)).reduce((a, b) => a + b, 0);
+}
+
+/** Splits one block's biases (biasBlockSize values) into views per linear layer. */
+export function splitBiases(
+  model: ModelConfig,
+  block: Float32Array,
+): Record<BiasName, Float32Array> {
+  const sizes = biasSizes(model);
+  const out = {} as Record<BiasName, Float32Array>;
+  let offset = 0;
+  for (const name of BIAS_NAMES) {
+    out[name] = block.subarray(offset, offset + sizes[name]);
+    offset += sizes[name];
+  }
+  return out;
 }
 
 /** Default number of adapted blocks: all but the first two, as the published 7B recipe (30 of 32). */
@@ -62,22 +116,25 @@ export function validateAdapterConfig(model: ModelConfig, adapter: AdapterConfig
 }
 
 /**
- * Creates an adapter with prompts drawn from a standard normal distribution (seeded) and all gates
- * zero.
+ * Creates an adapter with prompts drawn from a standard normal distribution (seeded), all gates
+ * zero and, with `config.bias`, all biases zero.
  */
 export function initAdapter(model: ModelConfig, config: AdapterConfig, seed: number): Adapter {
   validateAdapterConfig(model, config);
   const rng = new Rng(seed);
-  return {
+  const adapter: Adapter = {
     config: { ...config },
     prompts: rng.normals(config.layers * config.length * model.dim),
     gates: new Float32Array(config.layers * model.nHeads),
   };
+  if (config.bias) adapter.biases = new Float32Array(config.layers * biasBlockSize(model));
+  return adapter;
 }
 
 /** Count of trainable adapter parameters. */
 export function adapterParameterCount(model: ModelConfig, config: AdapterConfig): number {
-  return config.layers * (config.length * model.dim + model.nHeads);
+  const bias = config.bias ? biasBlockSize(model) : 0;
+  return config.layers * (config.length * model.dim + model.nHeads + bias);
 }
 
 /** Identity of a base model: its architecture and a few weight statistics. */

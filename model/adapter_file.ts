@@ -3,15 +3,22 @@
  * LLaMA-Adapter release, with metadata describing the adapter and the base model it was trained on.
  *
  * Tensors: `adapter_query.weight` (K * L, dim), the prompts of the lowest adapted block first, and
- * `layers.{i}.attention.gate` (1, n_heads, 1, 1) for each adapted block i.
+ * `layers.{i}.attention.gate` (1, n_heads, 1, 1) for each adapted block i. With bias tuning, also
+ * one 1-d bias per linear layer of each adapted block, named after the layer as in Meta
+ * checkpoints: `layers.{i}.attention.wq.bias` (also wk, wv, wo) and
+ * `layers.{i}.feed_forward.w1.bias` (also w2, w3).
  * Metadata (all strings): `format` = "llama-adapter", `adapter_layers`, `adapter_len`,
- * `first_layer`, `gate` = "tanh", `template`, `base_model` (a path, informational),
- * `base_fingerprint` (JSON of `ModelFingerprint`), and free-form training details.
+ * `first_layer`, `gate` = "tanh", `bias` = "true" or "false", `template`, `base_model` (a path,
+ * informational), `base_fingerprint` (JSON of `ModelFingerprint`), and free-form training details.
+ * A file without `bias` has no biases.
  */
 import { writeFileAtomic } from "../train/atomic.ts";
 import type { ModelConfig } from "./config.ts";
 import {
   type Adapter,
+  BIAS_NAMES,
+  type BiasName,
+  biasSizes,
   fingerprintMismatch,
   firstAdaptedLayer,
   type ModelFingerprint,
@@ -36,6 +43,14 @@ export interface AdapterFile {
   metadata: AdapterMetadata;
   /** Index of the lowest adapted block recorded in the file. */
   firstLayer: number;
+  /** With bias tuning: the length of each linear layer's bias, the same in every block. */
+  biasSizes?: Record<BiasName, number>;
+}
+
+/** Returns the tensor name of linear layer `name`'s bias in block `layer`. */
+export function biasTensorName(layer: number, name: BiasName): string {
+  const part = name === "w1" || name === "w2" || name === "w3" ? "feed_forward" : "attention";
+  return `layers.${layer}.${part}.${name}.bias`;
 }
 
 /** Returns the safetensors bytes of an adapter. */
@@ -56,12 +71,24 @@ export function encodeAdapter(
       data: adapter.gates.slice(i * model.nHeads, (i + 1) * model.nHeads),
     });
   }
+  if (adapter.config.bias) {
+    const sizes = biasSizes(model);
+    let offset = 0;
+    for (let i = 0; i < K; i++) {
+      for (const name of BIAS_NAMES) {
+        const data = adapter.biases!.slice(offset, offset + sizes[name]);
+        tensors.push({ name: biasTensorName(first + i, name), shape: [data.length], data });
+        offset += sizes[name];
+      }
+    }
+  }
   return encodeSafetensors(tensors, {
     format: "llama-adapter",
     adapter_layers: String(K),
     adapter_len: String(L),
     first_layer: String(first),
     gate: "tanh",
+    bias: adapter.config.bias ? "true" : "false",
     template: meta.template,
     base_model: meta.baseModel,
     base_fingerprint: JSON.stringify(meta.fingerprint),
@@ -126,6 +153,34 @@ export async function readAdapterFile(path: string): Promise<AdapterFile> {
   }
   const allGates = new Float32Array(K * nHeads);
   gates.forEach((g, i) => allGates.set(g, i * nHeads));
+  if (meta.bias !== undefined && meta.bias !== "true" && meta.bias !== "false") {
+    fail(`metadata bias is '${meta.bias}', expected 'true' or 'false'`);
+  }
+  const bias = meta.bias === "true";
+  let biases: Float32Array | undefined;
+  let sizes: Record<BiasName, number> | undefined;
+  if (bias) {
+    const parts: Float32Array[] = [];
+    sizes = {} as Record<BiasName, number>;
+    for (let i = 0; i < K; i++) {
+      for (const name of BIAS_NAMES) {
+        const tensorName = biasTensorName(first + i, name);
+        const b = await tensor(tensorName);
+        if (b.shape.length !== 1) fail(`${tensorName} has shape [${b.shape}], expected 1-d`);
+        if (i === 0) sizes[name] = b.shape[0];
+        else if (sizes[name] !== b.shape[0]) {
+          fail(`${tensorName} has ${b.shape[0]} values, block ${first} has ${sizes[name]}`);
+        }
+        parts.push(b.data);
+      }
+    }
+    biases = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+    let offset = 0;
+    for (const p of parts) {
+      biases.set(p, offset);
+      offset += p.length;
+    }
+  }
   let fingerprint: ModelFingerprint;
   try {
     fingerprint = JSON.parse(meta.base_fingerprint);
@@ -139,13 +194,21 @@ export async function readAdapterFile(path: string): Promise<AdapterFile> {
     "adapter_len",
     "first_layer",
     "gate",
+    "bias",
     "template",
     "base_model",
     "base_fingerprint",
   ]);
   for (const [k, v] of Object.entries(meta)) if (!known.has(k)) extra[k] = v;
+  const adapter: Adapter = {
+    config: { layers: K, length: L, bias },
+    prompts: query.data,
+    gates: allGates,
+  };
+  if (biases) adapter.biases = biases;
   return {
-    adapter: { config: { layers: K, length: L }, prompts: query.data, gates: allGates },
+    adapter,
+    biasSizes: sizes,
     metadata: {
       template: meta.template ?? "none",
       baseModel: meta.base_model ?? "",
@@ -184,6 +247,17 @@ export async function loadAdapter(
       `adapted blocks start at ${file.firstLayer}, but ${adapter.config.layers} top ` +
         `blocks of ${model.nLayers} start at ${firstAdaptedLayer(model, adapter.config)}`,
     );
+  }
+  if (file.biasSizes) {
+    const expected = biasSizes(model);
+    for (const name of BIAS_NAMES) {
+      if (file.biasSizes[name] !== expected[name]) {
+        throw other(
+          `bias of ${name} has ${file.biasSizes[name]} values, the model's layer has ` +
+            `${expected[name]} outputs`,
+        );
+      }
+    }
   }
   const why = fingerprintMismatch(file.metadata.fingerprint, fingerprint);
   if (why) throw other(why);

@@ -15,6 +15,10 @@
  *     dxn1 = dq wq + dk wk + dv wv     dwq/dwk/dwv += ...
  *     dx = dxMid + rmsnorm'(x, dxn1)            dattnNorm += ...
  *     dPrompt += dPk wk + dPv wv
+ *
+ * With bias tuning, each linear layer's bias gradient is the column sum of its output gradient
+ * (dOut for w2, da and du for w1 and w3, dxMid for wo, dq and dk before the rotary embedding and
+ * dv for the tokens, and dPk, dPv for the prompt keys and values).
  */
 import { type Gpu, type Tensor, view } from "../kernels/device.ts";
 import { matmulGradInput, matmulGradWeight } from "../kernels/matmul.ts";
@@ -23,6 +27,8 @@ import { ropeBackward } from "../kernels/rope.ts";
 import { swigluBackward } from "../kernels/swiglu.ts";
 import { attentionBackward } from "../kernels/attention.ts";
 import { add } from "../kernels/elementwise.ts";
+import { biasGrad } from "../kernels/bias.ts";
+import type { BiasName } from "./adapter.ts";
 import { headDim, type ModelConfig } from "./config.ts";
 import { type BlockActivations, type Llama, mapShapes } from "./llama.ts";
 
@@ -45,6 +51,8 @@ export interface AdapterGrads {
   prompt: Tensor;
   /** (H) */
   gate: Tensor;
+  /** With bias tuning: one gradient per linear layer's bias; null otherwise. */
+  biases: Record<BiasName, Tensor> | null;
 }
 
 /** Scratch tensors for backward, sized for the largest micro-batch. */
@@ -140,11 +148,18 @@ export function blockBackward(
   const gpu = model.gpu, c = model.config, w = model.weights.layers[layer];
   const M = B * T, C = c.dim, D = headDim(c), H = c.nHeads, Hkv = c.nKvHeads;
   const flat = (t: Tensor, cols: number) => view(t, [M, cols]);
+  const biases = model.adapterIndex(layer) >= 0 ? adapterGrads?.biases ?? null : null;
+  const bias = (name: BiasName, dy: Tensor, rows = M) => {
+    if (biases) biasGrad(gpu, view(dy, [rows, biases[name].shape[0]]), biases[name]);
+  };
 
   // Feed-forward: xOut = xMid + (silu(xn2 w1^T) * xn2 w3^T) w2^T.
+  bias("w2", dx);
   matmulGradInput(gpu, dx, w.w2, s.dh);
   if (weightGrads) matmulGradWeight(gpu, dx, acts.h, weightGrads.w2, { accumulate: true });
   swigluBackward(gpu, acts.a, acts.u, s.dh, s.da, s.du);
+  bias("w1", s.da);
+  bias("w3", s.du);
   matmulGradInput(gpu, s.da, w.w1, s.dxn);
   matmulGradInput(gpu, s.du, w.w3, s.dxn, { accumulate: true });
   if (weightGrads) {
@@ -158,6 +173,7 @@ export function blockBackward(
   });
 
   // Attention: xMid = x + att wo^T.
+  bias("wo", s.dxMid);
   matmulGradInput(gpu, s.dxMid, w.wo, flat(s.dAtt, H * D));
   if (weightGrads) {
     matmulGradWeight(gpu, s.dxMid, flat(acts.att, H * D), weightGrads.wo, { accumulate: true });
@@ -184,6 +200,9 @@ export function blockBackward(
   const rope = { layout: c.ropeLayout, theta: c.ropeTheta, pos0: 0 };
   ropeBackward(gpu, s.dq, s.dq, rope);
   ropeBackward(gpu, s.dk, s.dk, rope);
+  bias("wq", s.dq);
+  bias("wk", s.dk);
+  bias("wv", s.dv);
 
   matmulGradInput(gpu, flat(s.dq, H * D), w.wq, s.dxn);
   matmulGradInput(gpu, flat(s.dk, Hkv * D), w.wk, s.dxn, { accumulate: true });
@@ -203,6 +222,8 @@ export function blockBackward(
   if (prompt && adapterGrads) {
     add(gpu, adapterGrads.gate, s.dGate, adapterGrads.gate);
     const L = model.adapter!.config.length;
+    bias("wk", s.dPromptK, L);
+    bias("wv", s.dPromptV, L);
     matmulGradInput(gpu, view(s.dPromptK, [L, Hkv * D]), w.wk, adapterGrads.prompt, {
       accumulate: true,
     });

@@ -1,5 +1,5 @@
 /** One-batch loss and adapter gradients, for custom training loops and checks against references. */
-import type { Adapter } from "./adapter.ts";
+import { type Adapter, BIAS_NAMES, biasBlockSize } from "./adapter.ts";
 import type { Llama } from "./llama.ts";
 import { TrainGraph } from "./train_graph.ts";
 
@@ -9,7 +9,10 @@ export interface AdapterGradients {
   loss: number;
   /** Target tokens counted. */
   count: number;
-  /** Gradients in the layout of `Adapter`: prompts (K, L, dim) and gates (K, n_heads). */
+  /**
+   * Gradients in the layout of `Adapter`: prompts (K, L, dim), gates (K, n_heads) and, with bias
+   * tuning, biases (K, biasBlockSize).
+   */
   grads: Adapter;
 }
 
@@ -47,9 +50,18 @@ export async function adapterLossAndGrads(
     prompts.set(await model.gpu.readF32(graph.adapterGrads[i].prompt), i * L * c.dim);
     gates.set(await model.gpu.readF32(graph.adapterGrads[i].gate), i * c.nHeads);
   }
-  return {
-    loss: count > 0 ? lossSum / count : NaN,
-    count,
-    grads: { config: { ...a.config }, prompts, gates },
-  };
+  const grads: Adapter = { config: { ...a.config }, prompts, gates };
+  if (a.config.bias) {
+    const parts: Float32Array[] = [];
+    for (const g of graph.adapterGrads) {
+      for (const name of BIAS_NAMES) parts.push(await model.gpu.readF32(g.biases![name]));
+    }
+    grads.biases = new Float32Array(K * biasBlockSize(c));
+    let offset = 0;
+    for (const p of parts) {
+      grads.biases.set(p, offset);
+      offset += p.length;
+    }
+  }
+  return { loss: count > 0 ? lossSum / count : NaN, count, grads };
 }

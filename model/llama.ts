@@ -16,6 +16,7 @@
  * then logits = (rmsnorm(x) * norm) output^T.
  */
 import { type Gpu, type Tensor, view } from "../kernels/device.ts";
+import { addBias as addBiasRows } from "../kernels/bias.ts";
 import { embeddingForward } from "../kernels/embedding.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { rmsnormForward } from "../kernels/norm.ts";
@@ -24,8 +25,14 @@ import { swigluForward } from "../kernels/swiglu.ts";
 import { attentionForward } from "../kernels/attention.ts";
 import { headDim, type ModelConfig } from "./config.ts";
 import type { GpuLayer, GpuWeights } from "./gpu_weights.ts";
-import type { Adapter, AdapterConfig } from "./adapter.ts";
-import { firstAdaptedLayer, validateAdapterConfig } from "./adapter.ts";
+import type { Adapter, AdapterConfig, BiasName } from "./adapter.ts";
+import {
+  BIAS_NAMES,
+  biasBlockSize,
+  firstAdaptedLayer,
+  splitBiases,
+  validateAdapterConfig,
+} from "./adapter.ts";
 
 /** Adapter parameters on the GPU, one tensor per adapted block. */
 export interface GpuAdapter {
@@ -36,6 +43,8 @@ export interface GpuAdapter {
   prompts: Tensor[];
   /** Per adapted block: (H) gates, before tanh. */
   gates: Tensor[];
+  /** With bias tuning, per adapted block: the bias of each linear layer; empty otherwise. */
+  biases: Record<BiasName, Tensor>[];
 }
 
 /** Activations of one block that backward reads. Row count M = B*T. */
@@ -175,6 +184,13 @@ export class Llama {
     const first = firstAdaptedLayer(c, adapter.config);
     const prompts: Tensor[] = [];
     const gates: Tensor[] = [];
+    const biases: Record<BiasName, Tensor>[] = [];
+    const blockBias = biasBlockSize(c);
+    if (adapter.config.bias && adapter.biases?.length !== K * blockBias) {
+      throw new Error(
+        `adapter biases hold ${adapter.biases?.length ?? 0} values, expected ${K * blockBias}`,
+      );
+    }
     for (let i = 0; i < K; i++) {
       prompts.push(this.gpu.upload(
         adapter.prompts.slice(i * L * c.dim, (i + 1) * L * c.dim),
@@ -188,8 +204,21 @@ export class Llama {
         "f32",
         `adapter.gate.${first + i}`,
       ));
+      if (adapter.config.bias) {
+        const block = splitBiases(c, adapter.biases!.slice(i * blockBias, (i + 1) * blockBias));
+        const tensors = {} as Record<BiasName, Tensor>;
+        for (const name of BIAS_NAMES) {
+          tensors[name] = this.gpu.upload(
+            block[name],
+            [block[name].length],
+            "f32",
+            `adapter.bias.${first + i}.${name}`,
+          );
+        }
+        biases.push(tensors);
+      }
     }
-    this.adapter = { config: { ...adapter.config }, first, prompts, gates };
+    this.adapter = { config: { ...adapter.config }, first, prompts, gates, biases };
   }
 
   /** Reads the adapter back from the GPU. */
@@ -204,7 +233,20 @@ export class Llama {
       prompts.set(await this.gpu.readF32(a.prompts[i]), i * L * c.dim);
       gates.set(await this.gpu.readF32(a.gates[i]), i * c.nHeads);
     }
-    return { config: { ...a.config }, prompts, gates };
+    const out: Adapter = { config: { ...a.config }, prompts, gates };
+    if (a.config.bias) {
+      const blockBias = biasBlockSize(c);
+      out.biases = new Float32Array(K * blockBias);
+      for (let i = 0; i < K; i++) {
+        let offset = i * blockBias;
+        for (const name of BIAS_NAMES) {
+          const values = await this.gpu.readF32(a.biases[i][name]);
+          out.biases.set(values, offset);
+          offset += values.length;
+        }
+      }
+    }
+    return out;
   }
 
   /** Index into the adapter's per-block tensors, or -1 when block `layer` is not adapted. */
@@ -227,6 +269,19 @@ export class Llama {
     const L = a.config.length, kvDim = this.config.nKvHeads * headDim(this.config);
     matmul(this.gpu, a.prompts[i], w.wk, as2d(promptK, L, kvDim));
     matmul(this.gpu, a.prompts[i], w.wv, as2d(promptV, L, kvDim));
+    this.addBias(layer, "wk", promptK, L);
+    this.addBias(layer, "wv", promptV, L);
+  }
+
+  /**
+   * Records y += the bias of linear layer `name` of block `layer`, for M rows, when the block is
+   * adapted with bias tuning; otherwise records nothing.
+   */
+  addBias(layer: number, name: BiasName, y: Tensor, M: number): void {
+    const i = this.adapterIndex(layer);
+    if (i < 0 || !this.adapter!.config.bias) return;
+    const b = this.adapter!.biases[i][name];
+    addBiasRows(this.gpu, as2d(y, M, b.shape[0]), b);
   }
 
   /**
@@ -252,6 +307,9 @@ export class Llama {
     matmul(gpu, acts.xn1, w.wq, as2d(acts.q, M, H * D));
     matmul(gpu, acts.xn1, w.wk, as2d(acts.k, M, Hkv * D));
     matmul(gpu, acts.xn1, w.wv, as2d(acts.v, M, Hkv * D));
+    this.addBias(layer, "wq", acts.q, M);
+    this.addBias(layer, "wk", acts.k, M);
+    this.addBias(layer, "wv", acts.v, M);
     ropeForward(gpu, acts.q, acts.q, rope);
     ropeForward(gpu, acts.k, acts.k, rope);
 
@@ -283,14 +341,18 @@ export class Llama {
 
     gpu.copy(acts.x, 0, acts.xMid, 0, M * c.dim * 4);
     matmul(gpu, as2d(acts.att, M, H * D), w.wo, acts.xMid, { accumulate: true });
+    this.addBias(layer, "wo", acts.xMid, M);
 
     rmsnormForward(gpu, acts.xMid, w.ffnNorm, acts.xn2, acts.rstd2, c.normEps);
     matmul(gpu, acts.xn2, w.w1, acts.a);
     matmul(gpu, acts.xn2, w.w3, acts.u);
+    this.addBias(layer, "w1", acts.a, M);
+    this.addBias(layer, "w3", acts.u, M);
     swigluForward(gpu, acts.a, acts.u, acts.h);
 
     if (out !== acts.xMid) gpu.copy(acts.xMid, 0, out, 0, M * c.dim * 4);
     matmul(gpu, acts.h, w.w2, out, { accumulate: true });
+    this.addBias(layer, "w2", out, M);
   }
 
   /** Records the final norm and output projection: logits (M, V) from x (M, C). */

@@ -12,6 +12,7 @@ import { embeddingBackward } from "../kernels/embedding.ts";
 import { crossEntropy, LOSS_STATS_SIZE } from "../kernels/loss.ts";
 import { matmulGradInput, matmulGradWeight } from "../kernels/matmul.ts";
 import { rmsnormBackward } from "../kernels/norm.ts";
+import { BIAS_NAMES, type BiasName } from "./adapter.ts";
 import {
   type AdapterGrads,
   allocBackwardScratch,
@@ -26,6 +27,16 @@ import {
   type Llama,
   shapeActivations,
 } from "./llama.ts";
+
+/** Returns a record with `make(name, tensor)` for each of `biases`' linear layers. */
+function mapBiases(
+  biases: Record<BiasName, Tensor>,
+  make: (name: BiasName, b: Tensor) => Tensor,
+): Record<BiasName, Tensor> {
+  const out = {} as Record<BiasName, Tensor>;
+  for (const name of BIAS_NAMES) out[name] = make(name, biases[name]);
+  return out;
+}
 
 /** Options for `TrainGraph`. */
 export interface TrainGraphOptions {
@@ -168,6 +179,12 @@ export class TrainGraph {
         this.adapterGrads.push({
           prompt: gpu.tensor(a.prompts[i].shape, "f32", `grad.prompt.${a.first + i}`),
           gate: gpu.tensor(a.gates[i].shape, "f32", `grad.gate.${a.first + i}`),
+          biases: a.config.bias
+            ? mapBiases(
+              a.biases[i],
+              (name, b) => gpu.tensor(b.shape, "f32", `grad.bias.${a.first + i}.${name}`),
+            )
+            : null,
         });
       }
     }
@@ -183,7 +200,11 @@ export class TrainGraph {
       }
       return out;
     }
-    return this.adapterGrads.flatMap((g) => [g.prompt, g.gate]);
+    return this.adapterGrads.flatMap((g) => [
+      g.prompt,
+      g.gate,
+      ...(g.biases ? BIAS_NAMES.map((name) => g.biases![name]) : []),
+    ]);
   }
 
   /** Returns every trained parameter tensor, in the order of `gradients()`. */
@@ -199,7 +220,11 @@ export class TrainGraph {
       return out;
     }
     const a = m.adapter!;
-    return a.prompts.flatMap((p, i) => [p, a.gates[i]]);
+    return a.prompts.flatMap((p, i) => [
+      p,
+      a.gates[i],
+      ...(a.config.bias ? BIAS_NAMES.map((name) => a.biases[i][name]) : []),
+    ]);
   }
 
   /** Records zeroing of every gradient. */

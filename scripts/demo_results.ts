@@ -9,6 +9,7 @@
 import { Command } from "commander";
 import { DEFAULTS, DEMO_FINETUNE } from "../cli/defaults.ts";
 import { type EvalResult, evaluate } from "../cli/eval.ts";
+import { finetuneOptions } from "../cli/finetune.ts";
 import { finetune } from "../train/finetune.ts";
 
 const root = new URL("../", import.meta.url).pathname;
@@ -22,25 +23,8 @@ const common = {
   model: DEFAULTS.model,
   data: DEFAULTS.data,
   valData: DEFAULTS.valData,
-  adapterLen: 10,
-  epochs: DEMO_FINETUNE.epochs,
-  batchSize: DEMO_FINETUNE.batchSize,
-  gradAccum: 1,
-  minLr: 0,
-  weightDecay: 0.02,
-  beta1: 0.9,
-  beta2: 0.95,
-  clipGrad: 0,
-  onLong: "truncate" as const,
   onBadRecord: "fail" as const,
-  template: "alpaca" as const,
-  seed: 0,
-  logEvery: 10,
-  evalEvery: 0,
-  saveEvery: 0,
   keep: 1,
-  resume: false,
-  recompute: false,
 };
 
 async function size(path: string): Promise<number> {
@@ -69,18 +53,22 @@ async function evalModel(model: string, adapter: string | false): Promise<EvalRe
   });
 }
 
-const adapterRun = await finetune({
-  ...common,
-  out: DEFAULTS.out,
-  lr: DEMO_FINETUNE.lr,
-  adapterLayers: DEMO_FINETUNE.adapterLayers,
-});
-const base = await evalModel(DEFAULTS.model, false);
+// Both runs take the command's settings; full fine-tuning keeps the demo's run length and batch.
+const adapterRun = await finetune(finetuneOptions({ ...common, out: DEFAULTS.out }));
+// One evaluation gives both rows: the adapter, and the base model alone on the same prompts.
 const adapted = await evalModel(DEFAULTS.model, adapterRun.adapterPath);
+const base = adapted.base!;
 
 let fullRun = null, full: EvalResult | null = null;
 if (!o.skipFull) {
-  fullRun = await finetune({ ...common, full: true, out: `${root}runs/demo-full`, lr: o.fullLr });
+  fullRun = await finetune(finetuneOptions({
+    ...common,
+    full: true,
+    out: `${root}runs/demo-full`,
+    lr: o.fullLr,
+    epochs: DEMO_FINETUNE.epochs,
+    batchSize: DEMO_FINETUNE.batchSize,
+  }));
   full = await evalModel(fullRun.adapterPath, false);
 }
 

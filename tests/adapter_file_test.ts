@@ -5,8 +5,9 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import type { ModelConfig } from "../model/config.ts";
-import { encodeAdapter, readAdapterFile } from "../model/adapter_file.ts";
-import type { Adapter } from "../model/adapter.ts";
+import { encodeAdapter, loadAdapter, readAdapterFile } from "../model/adapter_file.ts";
+import { type Adapter, biasBlockSize, biasSizes } from "../model/adapter.ts";
+import { readSafetensors } from "../model/loaders/safetensors.ts";
 import { encodeMoments, readMoments } from "../train/checkpoint.ts";
 
 const CONFIG: ModelConfig = {
@@ -30,7 +31,7 @@ function counting(n: number, scale: number): Float32Array {
 }
 
 const ADAPTER: Adapter = {
-  config: { layers: 2, length: 3 },
+  config: { layers: 2, length: 3, bias: false },
   prompts: counting(2 * 3 * CONFIG.dim, 0.125),
   gates: counting(2 * CONFIG.nHeads, 0.5),
 };
@@ -76,6 +77,33 @@ Deno.test("adapter file round trip", async () => {
     assert.equal(file.metadata.baseModel, "test-model");
     assert.deepEqual(file.metadata.fingerprint, META.fingerprint);
     assert.deepEqual(file.metadata.extra, { step: "7" });
+  });
+});
+
+Deno.test("adapter file with bias tuning round trip", async () => {
+  await withDir(async (dir) => {
+    const path = join(dir, "adapter.safetensors");
+    const adapter: Adapter = {
+      ...ADAPTER,
+      config: { ...ADAPTER.config, bias: true },
+      biases: counting(2 * biasBlockSize(CONFIG), 0.25),
+    };
+    await Deno.writeFile(path, encodeAdapter(CONFIG, adapter, META));
+    const file = await readAdapterFile(path);
+    assert.deepEqual(file.adapter.config, adapter.config);
+    assert.deepEqual(file.adapter.biases, adapter.biases);
+    assert.deepEqual(file.biasSizes, biasSizes(CONFIG));
+    const names = [...(await readSafetensors(path)).tensors.keys()];
+    for (const name of ["layers.1.attention.wq.bias", "layers.2.feed_forward.w2.bias"]) {
+      assert.ok(names.includes(name), `${name} missing from [${names}]`);
+    }
+    const loaded = await loadAdapter(path, CONFIG, META.fingerprint);
+    assert.deepEqual(loaded.adapter.biases, adapter.biases);
+    // Same width and heads, another feed-forward size: the w1 bias no longer fits.
+    await assert.rejects(
+      loadAdapter(path, { ...CONFIG, hiddenDim: 24 }, META.fingerprint),
+      /another base model \(bias of w1 has 16 values, the model's layer has 24 outputs\)/,
+    );
   });
 });
 

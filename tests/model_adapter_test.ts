@@ -10,7 +10,9 @@
 import assert from "node:assert/strict";
 import type { Gpu } from "../kernels/device.ts";
 import { adamwStep } from "../kernels/optimizer.ts";
-import type { Adapter } from "../model/adapter.ts";
+import { type Adapter, biasBlockSize } from "../model/adapter.ts";
+import { RefModel } from "../model/reference/llama.ts";
+import { Rng } from "../model/rng.ts";
 import { adapterLossAndGrads } from "../model/grad.ts";
 import { openModel } from "../model/open.ts";
 import { Session } from "../model/session.ts";
@@ -166,4 +168,65 @@ gpuFixtureTest("recomputed activations give identical gradients", async (gpu) =>
   const recomputed = await grads(true);
   assert.deepEqual(recomputed, kept);
   assert.ok(kept.some((v) => v !== 0), "gradients are not all zero");
+});
+
+gpuFixtureTest("bias tuning: logits and gradients match the float64 reference", async (gpu) => {
+  const g = await golden("stories260K-adapter.json");
+  const opened = await stories(gpu);
+  const { llama } = opened;
+  const c = llama.config;
+  const rng = new Rng(11);
+  const base = goldenAdapter(g);
+  const K = base.config.layers;
+  const adapter: Adapter = {
+    ...base,
+    config: { ...base.config, bias: true },
+    biases: rng.normals(K * biasBlockSize(c), 0.2),
+  };
+  llama.setAdapter(adapter);
+  const back = await llama.readAdapter();
+  assert.deepEqual(back.biases, adapter.biases, "biases read back as uploaded");
+
+  const ref = await RefModel.fromWeights(opened.checkpoint);
+  const refAdapter = {
+    config: adapter.config,
+    prompts: Float64Array.from(adapter.prompts),
+    gates: Float64Array.from(adapter.gates),
+    biases: Float64Array.from(adapter.biases!),
+  };
+  const T = g.tokens.length;
+  const expected = ref.lossAndGrads(g.tokens, g.loss_mask, refAdapter);
+
+  // Prefill and token-by-token decode with the KV cache against the reference logits.
+  const refLogits = ref.forward(g.tokens, refAdapter);
+  const session = Session.create(llama, { prefillChunk: T });
+  assertClose(await session.logitsAll(g.tokens), refLogits, "prefill logits", {
+    rtol: 0,
+    atol: 1e-4,
+  });
+  const stepwise = await Session.create(llama).logitsStepwise(g.tokens);
+  assertClose(stepwise, refLogits, "decode logits", { rtol: 0, atol: 1e-4 });
+
+  const r = await adapterLossAndGrads(llama, Uint32Array.from(g.tokens), targetsOf(g), 1, T);
+  assertClose([r.loss], [expected.loss], "loss", { rtol: 1e-5, atol: 0 });
+  const tol = { rtol: 1e-3, atol: 2e-5 };
+  assertClose(r.grads.biases!, expected.biases!, "bias gradient", tol);
+  assertClose(r.grads.prompts, expected.prompts!, "prompt gradient", tol);
+  assertClose(r.grads.gates, expected.gates!, "gate gradient", tol);
+  assert.ok(expected.biases!.some((v) => Math.abs(v) > 1e-3), "bias gradients are not all tiny");
+});
+
+gpuFixtureTest("bias tuning starts as the base model", async (gpu) => {
+  const g = await golden("stories260K-adapter-init.json");
+  const { llama } = await stories(gpu);
+  const base = await Session.create(llama, { prefillChunk: g.tokens.length }).logitsAll(g.tokens);
+  const adapter = goldenAdapter(g);
+  llama.setAdapter({
+    ...adapter,
+    config: { ...adapter.config, bias: true },
+    biases: new Float32Array(adapter.config.layers * biasBlockSize(llama.config)),
+  });
+  const adapted = await Session.create(llama, { prefillChunk: g.tokens.length })
+    .logitsAll(g.tokens);
+  assertClose(adapted, base, "zero gates and zero biases", { rtol: 0, atol: 0 });
 });

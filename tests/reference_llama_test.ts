@@ -10,6 +10,7 @@ import {
   type RefWeights,
 } from "../model/reference/llama.ts";
 import { Rng } from "../model/rng.ts";
+import { biasBlockSize } from "../model/adapter.ts";
 import { assertClose, fixture, fixtureTest, testRng } from "./helpers.ts";
 
 interface Golden {
@@ -314,6 +315,38 @@ Deno.test("reference gradients on grouped-query untied model", () => {
       );
     }
   }
+});
+
+Deno.test("reference bias-tuning gradients match central differences", () => {
+  const rng = testRng();
+  const model = randomModel(rng);
+  const c = model.config;
+  const T = 9;
+  const tokens = Array.from({ length: T }, () => rng.int(c.vocabSize));
+  const lossMask = Array.from({ length: T }, (_, t) => t >= 3);
+  const K = 2, L = 3;
+  const adapter: RefAdapter = {
+    config: { layers: K, length: L, bias: true },
+    prompts: Float64Array.from(rng.normals(K * L * c.dim)),
+    gates: Float64Array.from(rng.normals(K * c.nHeads, 0.5)),
+    biases: Float64Array.from(rng.normals(K * biasBlockSize(c), 0.3)),
+  };
+  const grads = model.lossAndGrads(tokens, lossMask, adapter);
+  const loss = () => model.loss(tokens, lossMask, adapter);
+  const what = (name: string) => `${name} gradient (seed ${rng.seed})`;
+  // Every bias of both blocks, so each linear layer's column sums are checked, including the lowest
+  // adapted block, where backward stops.
+  checkSampledGrad(what("biases"), loss, adapter.biases!, grads.biases!, rng, 10_000);
+  checkSampledGrad(what("prompts"), loss, adapter.prompts, grads.prompts!, rng, 20);
+  checkSampledGrad(what("gates"), loss, adapter.gates, grads.gates!, rng, 6);
+
+  // Zero biases give the model without bias tuning.
+  const zero = { ...adapter, biases: new Float64Array(adapter.biases!.length) };
+  const plain = { ...adapter, config: { layers: K, length: L } };
+  assertClose(model.forward(tokens, zero), model.forward(tokens, plain), "zero biases", {
+    rtol: 0,
+    atol: 0,
+  });
 });
 
 Deno.test("reference rejects invalid inputs", () => {

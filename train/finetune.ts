@@ -49,6 +49,8 @@ export interface FinetuneOptions {
   out: string;
   adapterLayers?: number;
   adapterLen: number;
+  /** Also train a bias on every linear layer of the adapted blocks (LLaMA-Adapter V2). */
+  bias?: boolean;
   epochs: number;
   maxSteps?: number;
   batchSize: number;
@@ -95,6 +97,7 @@ function resumeKey(o: FinetuneOptions, layers: number): Record<string, unknown> 
     data: o.data,
     adapterLayers: layers,
     adapterLen: o.adapterLen,
+    bias: o.bias ?? false,
     batchSize: o.batchSize,
     gradAccum: o.gradAccum,
     maxSeqLen: o.maxSeqLen ?? null,
@@ -182,7 +185,7 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
 
   const full = o.full ?? false;
   const layers = full ? config.nLayers : o.adapterLayers ?? defaultAdapterLayers(config);
-  const adapterConfig = { layers, length: o.adapterLen };
+  const adapterConfig = { layers, length: o.adapterLen, bias: o.bias ?? false };
   await Deno.mkdir(o.out, { recursive: true });
 
   // A fresh adapter, or the newest checkpoint when resuming (a full run opened its weights).
@@ -194,10 +197,12 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
     state = await readState(resumeDir);
     const expected = resumeKey(o, layers);
     for (const [k, v] of Object.entries(expected)) {
-      if (JSON.stringify(state.settings[k]) !== JSON.stringify(v)) {
+      // Checkpoints from before bias tuning have no `bias` setting: they were written without.
+      const stored = k === "bias" ? state.settings[k] ?? false : state.settings[k];
+      if (JSON.stringify(stored) !== JSON.stringify(v)) {
         throw new Error(
           `--resume: checkpoint ${resumeDir} was written with ${k} = ` +
-            `${JSON.stringify(state.settings[k])}, this run has ${JSON.stringify(v)}; ` +
+            `${JSON.stringify(stored)}, this run has ${JSON.stringify(v)}; ` +
             `use the same options or a new --out`,
         );
       }
@@ -271,7 +276,8 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
   log(
     (full
       ? `full fine-tuning: all ${config.nLayers} blocks, `
-      : `adapter: ${layers} of ${config.nLayers} blocks, prompt length ${o.adapterLen}, `) +
+      : `adapter: ${layers} of ${config.nLayers} blocks, prompt length ${o.adapterLen}` +
+        `${adapterConfig.bias ? ", bias tuning" : ""}, `) +
       `${paramCount} trainable parameters; ${totalSteps} steps of ${effectiveBatch} examples, ` +
       `peak lr ${lr.toExponential(3)}, ${trainer.settings.schedule.warmupSteps} warm-up steps`,
   );
@@ -344,6 +350,7 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
     adapter: adapterPath,
     adapterLayers: layers,
     adapterLen: o.adapterLen,
+    bias: adapterConfig.bias,
     trainableParameters: paramCount,
     steps: result.state.step,
     examples: data.train.length,

@@ -18,6 +18,7 @@
  */
 import { type ModelConfig, validateConfig } from "../config.ts";
 import type { ModelWeights, WeightSource } from "../weights.ts";
+import { BIAS_NAMES, biasBlockSize, type BiasName, biasSizes } from "../adapter.ts";
 import {
   attentionBackward,
   type AttentionCache,
@@ -77,11 +78,15 @@ export interface RefAdapter {
     layers: number;
     /** Prompt length L per adapted block. */
     length: number;
+    /** Bias tuning: a bias on the output of every linear layer of the adapted blocks. */
+    bias?: boolean;
   };
   /** (K, L, C): prompts, the lowest adapted block (N-K) first. */
   prompts: Float64Array;
   /** (K, H): gates before tanh. */
   gates: Float64Array;
+  /** With `config.bias`: (K, biasBlockSize), each block's biases in BIAS_NAMES order. */
+  biases?: Float64Array;
 }
 
 /** Options of `RefModel.lossAndGrads`. */
@@ -97,6 +102,8 @@ export interface RefGrads {
   prompts: Float64Array | null;
   /** (K, H), or null without an adapter. */
   gates: Float64Array | null;
+  /** (K, biasBlockSize), or null without bias tuning. */
+  biases: Float64Array | null;
   /** Gradients of all weights, tied output folded into `tokEmbedding`; null unless `allParams`. */
   weights: RefWeights | null;
 }
@@ -113,6 +120,8 @@ interface BlockCache {
   k: Float64Array;
   v: Float64Array;
   prompt: PromptKeysValues | null;
+  /** The block's biases (bias tuning), or null. */
+  bias: RefBiases | null;
   attention: AttentionCache;
   /** (T, H*D), the input of wo */
   attOut: Float64Array;
@@ -125,6 +134,36 @@ interface BlockCache {
   h1: Float64Array;
   h3: Float64Array;
   act: Float64Array;
+}
+
+/** One block's biases per linear layer. */
+type RefBiases = Record<BiasName, Float64Array>;
+
+/** Returns views of adapted block a's biases, or null without bias tuning. */
+function blockBiases(config: ModelConfig, all: Float64Array | null | undefined, a: number) {
+  if (!all) return null;
+  const sizes = biasSizes(config);
+  const size = biasBlockSize(config);
+  const out = {} as RefBiases;
+  let offset = a * size;
+  for (const name of BIAS_NAMES) {
+    out[name] = all.subarray(offset, offset + sizes[name]);
+    offset += sizes[name];
+  }
+  return out;
+}
+
+/** Adds bias b (N) to every row of y in place and returns y; does nothing without a bias. */
+function withBias(y: Float64Array, b: Float64Array | undefined): Float64Array {
+  if (!b) return y;
+  for (let i = 0; i < y.length; i++) y[i] += b[i % b.length];
+  return y;
+}
+
+/** Adds the column sums of dy to db: the gradient of `withBias`. */
+function addBiasGrad(db: Float64Array | undefined, dy: Float64Array): void {
+  if (!db) return;
+  for (let i = 0; i < dy.length; i++) db[i % db.length] += dy[i];
 }
 
 /** Activations of a whole forward pass. */
@@ -233,7 +272,10 @@ export class RefModel {
     const firstAdapted = c.nLayers - K;
     const dPrompts = adapter ? new Float64Array(adapter.prompts.length) : null;
     const dGates = adapter ? new Float64Array(adapter.gates.length) : null;
-    if (!allParams && !adapter) return { loss, prompts: null, gates: null, weights: null };
+    const dBiases = adapter?.config.bias ? new Float64Array(adapter.biases!.length) : null;
+    if (!allParams && !adapter) {
+      return { loss, prompts: null, gates: null, biases: null, weights: null };
+    }
 
     // Output projection and final norm.
     const dlogits = crossEntropyBackward(cache.logits, tokens, lossMask, V);
@@ -250,6 +292,7 @@ export class RefModel {
           dPrompt: dPrompts!.subarray(a * L * C, (a + 1) * L * C),
           dGates: dGates!.subarray(a * c.nHeads, (a + 1) * c.nHeads),
           prompt: adapter!.prompts.subarray(a * L * C, (a + 1) * L * C),
+          dBias: blockBiases(c, dBiases, a),
         }
         : null;
       const needInputGrad = allParams || l > firstAdapted;
@@ -268,7 +311,7 @@ export class RefModel {
         for (let i = 0; i < C; i++) dw.tokEmbedding[tokens[t] * C + i] += dx[t * C + i];
       }
     }
-    return { loss, prompts: dPrompts, gates: dGates, weights: dw };
+    return { loss, prompts: dPrompts, gates: dGates, biases: dBiases, weights: dw };
   }
 
   #forward(tokens: ArrayLike<number>, adapter: RefAdapter | null): ForwardCache {
@@ -286,12 +329,15 @@ export class RefModel {
     const blocks: BlockCache[] = [];
     for (let l = 0; l < c.nLayers; l++) {
       let prompt: PromptKeysValues | null = null;
+      let bias: RefBiases | null = null;
       if (adapter && l >= firstAdapted) {
-        prompt = this.#promptKeysValues(adapter, l - firstAdapted, w.layers[l]);
+        bias = blockBiases(c, adapter.config.bias ? adapter.biases : null, l - firstAdapted);
+        prompt = this.#promptKeysValues(adapter, l - firstAdapted, w.layers[l], bias);
       }
-      const block = this.#blockForward(x, w.layers[l], prompt);
+      const block = this.#blockForward(x, w.layers[l], prompt, bias);
       blocks.push(block);
-      x = addResidual(block.x2, linearForward(block.act, w.layers[l].w2, T, c.hiddenDim, C));
+      const ffn = linearForward(block.act, w.layers[l].w2, T, c.hiddenDim, C);
+      x = addResidual(block.x2, withBias(ffn, bias?.w2));
     }
 
     const { out: xf, rstd: rstdFinal } = rmsnormForward(x, w.norm, T, C, c.normEps);
@@ -299,22 +345,32 @@ export class RefModel {
     return { blocks, xLast: x, xf, rstdFinal, logits };
   }
 
-  /** Projects adapted block a's prompt (L, C) through the block's wk and wv. */
-  #promptKeysValues(adapter: RefAdapter, a: number, layer: RefLayer): PromptKeysValues {
+  /** Projects adapted block a's prompt (L, C) through the block's wk and wv (and their biases). */
+  #promptKeysValues(
+    adapter: RefAdapter,
+    a: number,
+    layer: RefLayer,
+    bias: RefBiases | null,
+  ): PromptKeysValues {
     const c = this.config;
     const L = adapter.config.length;
     const kvDim = c.nKvHeads * (c.dim / c.nHeads);
     const prompt = adapter.prompts.subarray(a * L * c.dim, (a + 1) * L * c.dim);
     return {
       L,
-      keys: linearForward(prompt, layer.wk, L, c.dim, kvDim),
-      values: linearForward(prompt, layer.wv, L, c.dim, kvDim),
+      keys: withBias(linearForward(prompt, layer.wk, L, c.dim, kvDim), bias?.wk),
+      values: withBias(linearForward(prompt, layer.wv, L, c.dim, kvDim), bias?.wv),
       gates: adapter.gates.subarray(a * c.nHeads, (a + 1) * c.nHeads),
     };
   }
 
   /** Runs one block up to the FFN activation; the caller adds w2(act) to x2. */
-  #blockForward(x: Float64Array, layer: RefLayer, prompt: PromptKeysValues | null): BlockCache {
+  #blockForward(
+    x: Float64Array,
+    layer: RefLayer,
+    prompt: PromptKeysValues | null,
+    bias: RefBiases | null,
+  ): BlockCache {
     const c = this.config;
     const T = x.length / c.dim;
     const C = c.dim;
@@ -323,21 +379,21 @@ export class RefModel {
     const kvDim = c.nKvHeads * D;
 
     const { out: xn, rstd } = rmsnormForward(x, layer.attnNorm, T, C, c.normEps);
-    const q = linearForward(xn, layer.wq, T, C, C);
-    const k = linearForward(xn, layer.wk, T, C, kvDim);
-    const v = linearForward(xn, layer.wv, T, C, kvDim);
+    const q = withBias(linearForward(xn, layer.wq, T, C, C), bias?.wq);
+    const k = withBias(linearForward(xn, layer.wk, T, C, kvDim), bias?.wk);
+    const v = withBias(linearForward(xn, layer.wv, T, C, kvDim), bias?.wv);
     ropeForward(q, T, c.nHeads, D, c.ropeTheta, c.ropeLayout);
     ropeForward(k, T, c.nKvHeads, D, c.ropeTheta, c.ropeLayout);
 
     const { out: attOut, cache: attention } = attentionForward(q, k, v, shape, prompt);
-    const x2 = addResidual(x, linearForward(attOut, layer.wo, T, C, C));
+    const x2 = addResidual(x, withBias(linearForward(attOut, layer.wo, T, C, C), bias?.wo));
 
     const { out: xn2, rstd: rstd2 } = rmsnormForward(x2, layer.ffnNorm, T, C, c.normEps);
-    const h1 = linearForward(xn2, layer.w1, T, C, c.hiddenDim);
-    const h3 = linearForward(xn2, layer.w3, T, C, c.hiddenDim);
+    const h1 = withBias(linearForward(xn2, layer.w1, T, C, c.hiddenDim), bias?.w1);
+    const h3 = withBias(linearForward(xn2, layer.w3, T, C, c.hiddenDim), bias?.w3);
     const act = swigluForward(h1, h3);
 
-    return { x, xn, rstd, q, k, v, prompt, attention, attOut, x2, xn2, rstd2, h1, h3, act };
+    return { x, xn, rstd, q, k, v, prompt, bias, attention, attOut, x2, xn2, rstd2, h1, h3, act };
   }
 
   /**
@@ -350,7 +406,12 @@ export class RefModel {
     b: BlockCache,
     layer: RefLayer,
     dLayer: RefLayer | null,
-    adapted: { dPrompt: Float64Array; dGates: Float64Array; prompt: Float64Array } | null,
+    adapted: {
+      dPrompt: Float64Array;
+      dGates: Float64Array;
+      prompt: Float64Array;
+      dBias: RefBiases | null;
+    } | null,
     needInputGrad: boolean,
   ): Float64Array {
     const c = this.config;
@@ -361,9 +422,13 @@ export class RefModel {
     const kvDim = c.nKvHeads * D;
     const shape: AttentionShape = { T, H: c.nHeads, Hkv: c.nKvHeads, D };
 
+    const dBias = adapted?.dBias ?? undefined;
     // FFN: x_out = x2 + w2(silu(w1 xn2) * w3 xn2).
+    addBiasGrad(dBias?.w2, dy);
     const dact = linearBackward(dy, b.act, layer.w2, T, F, C, dLayer ? dLayer.w2 : null);
     const { dh1, dh3 } = swigluBackward(dact, b.h1, b.h3);
+    addBiasGrad(dBias?.w1, dh1);
+    addBiasGrad(dBias?.w3, dh3);
     const dxn2 = linearBackward(dh1, b.xn2, layer.w1, T, C, F, dLayer ? dLayer.w1 : null);
     addInPlace(dxn2, linearBackward(dh3, b.xn2, layer.w3, T, C, F, dLayer ? dLayer.w3 : null));
     const dffn = rmsnormBackward(
@@ -378,6 +443,7 @@ export class RefModel {
     const dx2 = addResidual(dy, dffn);
 
     // Attention: x2 = x + wo(attention(q, k, v, prompt)).
+    addBiasGrad(dBias?.wo, dx2);
     const dAttOut = linearBackward(dx2, b.attOut, layer.wo, T, C, C, dLayer ? dLayer.wo : null);
     const g = attentionBackward(dAttOut, b.q, b.k, b.v, shape, b.prompt, b.attention);
 
@@ -395,11 +461,17 @@ export class RefModel {
         linearBackward(g.dPromptValues, adapted.prompt, layer.wv, L, C, kvDim, dwv),
       );
       addInPlace(adapted.dGates, g.dGates);
+      addBiasGrad(dBias?.wk, g.dPromptKeys);
+      addBiasGrad(dBias?.wv, g.dPromptValues);
     }
-    if (!needInputGrad) return new Float64Array(0);
+    if (!needInputGrad && !dBias) return new Float64Array(0);
 
     ropeBackward(g.dq, T, c.nHeads, D, c.ropeTheta, c.ropeLayout);
     ropeBackward(g.dk, T, c.nKvHeads, D, c.ropeTheta, c.ropeLayout);
+    addBiasGrad(dBias?.wq, g.dq);
+    addBiasGrad(dBias?.wk, g.dk);
+    addBiasGrad(dBias?.wv, g.dv);
+    if (!needInputGrad) return new Float64Array(0);
     const dxn = linearBackward(g.dq, b.xn, layer.wq, T, C, C, dLayer ? dLayer.wq : null);
     addInPlace(dxn, linearBackward(g.dk, b.xn, layer.wk, T, C, kvDim, dLayer ? dLayer.wk : null));
     addInPlace(dxn, linearBackward(g.dv, b.xn, layer.wv, T, C, kvDim, dLayer ? dLayer.wv : null));
@@ -460,6 +532,9 @@ export class RefModel {
     }
     expectLength(adapter.prompts, K * L * c.dim, "adapter prompts");
     expectLength(adapter.gates, K * c.nHeads, "adapter gates");
+    if (adapter.config.bias) {
+      expectLength(adapter.biases ?? new Float64Array(0), K * biasBlockSize(c), "adapter biases");
+    }
   }
 }
 
