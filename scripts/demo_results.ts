@@ -1,10 +1,11 @@
 /**
- * Produces the demo results page: trains the default adapter (what `deno task finetune` does with
- * no arguments), fully fine-tunes the same base model on the same data for comparison, evaluates
- * the base model, the adapter and the fully fine-tuned model on the test split, and writes
- * `docs/results.md` and `runs/demo-results.json`.
+ * Measures the numbers of the demo results page (docs/results.md): trains the default adapter
+ * (what `deno task finetune` does with no arguments: prompts, gates and biases), the same adapter
+ * without biases (`--no-bias`, LLaMA-Adapter V1), and fully fine-tunes the same base model on the
+ * same data; evaluates the base model and the three on the test split; prints the tables in
+ * Markdown and writes the raw results to `runs/demo-results.json`.
  *
- *     deno run -A scripts/demo_results.ts [--full-lr RATE] [--limit N]
+ *     deno run -A scripts/demo_results.ts [--full-lr RATE] [--limit N] [--skip-v1] [--skip-full]
  */
 import { Command } from "commander";
 import { DEFAULTS, DEMO_FINETUNE } from "../cli/defaults.ts";
@@ -17,6 +18,7 @@ const o = new Command()
   .option("--full-lr <rate>", "peak learning rate of full fine-tuning", Number, 1e-3)
   .option("--limit <n>", "evaluate the first N test examples only", Number)
   .option("--skip-full", "leave out full fine-tuning", false)
+  .option("--skip-v1", "leave out the adapter without biases", false)
   .parse(["deno", "demo_results", ...Deno.args]).opts();
 
 const common = {
@@ -59,6 +61,12 @@ const adapterRun = await finetune(finetuneOptions({ ...common, out: DEFAULTS.out
 const adapted = await evalModel(DEFAULTS.model, adapterRun.adapterPath);
 const base = adapted.base!;
 
+let v1Run = null, v1: EvalResult | null = null;
+if (!o.skipV1) {
+  v1Run = await finetune(finetuneOptions({ ...common, bias: false, out: `${root}runs/demo-v1` }));
+  v1 = await evalModel(DEFAULTS.model, v1Run.adapterPath);
+}
+
 let fullRun = null, full: EvalResult | null = null;
 if (!o.skipFull) {
   fullRun = await finetune(finetuneOptions({
@@ -79,15 +87,25 @@ const pct = (r: EvalResult) =>
 const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(2)} MB`;
 const rows = [
   ["base model, no training", "0", "-", "-", base.loss.toFixed(3), pct(base)],
-  [
-    "LLaMA-Adapter (`deno task finetune`)",
-    String(adapterRun.summary.trainableParameters),
-    mb(await size(adapterRun.adapterPath)),
-    `${(adapterRun.summary.seconds as number).toFixed(0)} s`,
-    adapted.loss.toFixed(3),
-    pct(adapted),
-  ],
 ];
+if (v1Run && v1) {
+  rows.push([
+    "LLaMA-Adapter V1: prompts and gates (`--no-bias`)",
+    String(v1Run.summary.trainableParameters),
+    mb(await size(v1Run.adapterPath)),
+    `${(v1Run.summary.seconds as number).toFixed(0)} s`,
+    v1.loss.toFixed(3),
+    pct(v1),
+  ]);
+}
+rows.push([
+  "LLaMA-Adapter with bias tuning (`deno task finetune`)",
+  String(adapterRun.summary.trainableParameters),
+  mb(await size(adapterRun.adapterPath)),
+  `${(adapterRun.summary.seconds as number).toFixed(0)} s`,
+  adapted.loss.toFixed(3),
+  pct(adapted),
+]);
 if (fullRun && full) {
   rows.push([
     "full fine-tuning (`--full`)",
@@ -103,10 +121,12 @@ const table = [
   "| --- | ---: | ---: | ---: | ---: | ---: |",
   ...rows.map((r) => `| ${r.join(" | ")} |`),
 ].join("\n");
-const models: [string, EvalResult | null][] = [["base", base], ["adapter", adapted], [
-  "full",
-  full,
-]];
+const models: [string, EvalResult | null][] = [
+  ["base", base],
+  ["V1", v1],
+  ["bias tuning", adapted],
+  ["full", full],
+];
 const columns = models.filter(([, r]) => r !== null) as [string, EvalResult][];
 const byTask = [
   `| task | ${columns.map(([name]) => name).join(" | ")} |`,
@@ -126,8 +146,10 @@ const report = {
   date: new Date().toISOString(),
   base,
   adapted,
+  v1,
   full,
   adapterSummary: adapterRun.summary,
+  v1Summary: v1Run?.summary ?? null,
   fullSummary: fullRun?.summary ?? null,
 };
 await Deno.mkdir(`${root}runs`, { recursive: true });
