@@ -22,9 +22,10 @@ export const DEFAULTS = {
 
 /**
  * Settings `finetune` uses for the demo model where the command line leaves them out: one epoch,
- * every block adapted (the demo model has only 4) and a learning rate sized for a short run, so
- * the default command finishes in minutes on a CPU. In 150-step trials on the demo validation
- * set, 5e-2 reached an answer loss of 3.45 against 7.73 with 1e-2.
+ * every block adapted (the demo model has only 4), bias tuning and a learning rate sized for a
+ * short run, so the default command finishes in minutes on a CPU. Without biases, 150-step trials
+ * reached an answer loss of 3.45 at 5e-2 against 7.73 at 1e-2. With biases, 300 steps at 5e-2 and
+ * at 2e-2 gave 12 and 13 of 48 validation answers exact (answer loss 1.06 and 1.12).
  */
 export const DEMO_FINETUNE = {
   epochs: 1,
