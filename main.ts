@@ -60,6 +60,7 @@ function addSamplingOptions(cmd: Command): Command {
       "--adapter <path>",
       "adapter checkpoint (.safetensors) to apply (default for the demo model: its trained adapter)",
     )
+    .option("--no-adapter", "use the base model alone, even where a default adapter exists")
     .option(
       "--template <name>",
       "prompt template: the one stored in the adapter by default; 'alpaca' or 'none'",
@@ -117,7 +118,11 @@ addModelOptions(
   ),
 )
   .option("--data <path>", "training data: JSON array or JSONL file", DEFAULTS.data)
-  .option("--val-data <path>", "held-out data for validation loss", DEFAULTS.valData)
+  .option(
+    "--val-data <path>",
+    "held-out data for validation loss (default: the demo validation set when training on the " +
+      "demo data, else none)",
+  )
   .option(
     "--val-fraction <f>",
     "hold out this fraction of --data for validation when --val-data is not given",
@@ -177,7 +182,8 @@ addModelOptions(
   .option("--warmup-steps <n>", "linear warm-up length in optimiser steps", int("--warmup-steps"))
   .option(
     "--warmup-epochs <n>",
-    "linear warm-up length in epochs (default 2, as the recipe's 2 of 5)",
+    "linear warm-up length in epochs (default: 0.4 x --epochs, at most 2, as the recipe's 2 " +
+      "of 5; --warmup-steps overrides it)",
     num("--warmup-epochs", 0),
   )
   .option(

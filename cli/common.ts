@@ -29,8 +29,14 @@ async function exists(path: string): Promise<boolean> {
  */
 export async function openForCli(o: ModelCliOptions): Promise<OpenedModel> {
   let adapter = typeof o.adapter === "string" ? o.adapter : undefined;
-  if (o.adapter === undefined && o.model === DEFAULTS.model && await exists(DEFAULTS.adapter)) {
-    adapter = DEFAULTS.adapter;
+  if (o.adapter === undefined && o.model === DEFAULTS.model) {
+    if (await exists(DEFAULTS.adapter)) adapter = DEFAULTS.adapter;
+    else if (!o.quiet) {
+      console.error(
+        `no trained demo adapter at ${DEFAULTS.adapter}, so the base model runs alone; ` +
+          "run `deno task finetune` first to train it",
+      );
+    }
   }
   const opened = await openModel({
     model: o.model,
@@ -43,7 +49,8 @@ export async function openForCli(o: ModelCliOptions): Promise<OpenedModel> {
     const a = opened.adapter;
     console.error(
       `adapter ${adapter}: ${a.adapter.config.layers} blocks, prompt length ` +
-        `${a.adapter.config.length}, template '${a.metadata.template}'`,
+        `${a.adapter.config.length}${a.adapter.config.bias ? ", bias tuning" : ""}, ` +
+        `template '${a.metadata.template}'`,
     );
   }
   return opened;

@@ -18,9 +18,13 @@ export function finetuneOptions(
 ): FinetuneOptions {
   const full = o.full ?? FINETUNE_DEFAULTS.full;
   const demo = o.model === DEFAULTS.model && !full;
+  // The demo validation set belongs to the demo data; other data is validated with --val-data or
+  // --val-fraction only.
+  const demoData = o.model === DEFAULTS.model && o.data === DEFAULTS.data;
   return {
     ...FINETUNE_DEFAULTS,
     ...o,
+    valData: o.valData ?? (demoData && !o.valFraction ? DEFAULTS.valData : undefined),
     epochs: o.epochs ?? (demo ? DEMO_FINETUNE.epochs : RECIPE_FINETUNE.epochs),
     batchSize: o.batchSize ?? (demo ? DEMO_FINETUNE.batchSize : RECIPE_FINETUNE.batchSize),
     lr: o.lr ?? (demo ? DEMO_FINETUNE.lr : undefined),

@@ -28,7 +28,12 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   const session = Session.create(opened.llama);
   const decoder = tokenizer.decoder();
   if (template !== "none" && !o.quiet) console.error(`template: ${template}`);
-  else await Deno.stdout.write(encoder.encode(prompt));
+  else {
+    await Deno.stdout.write(encoder.encode(prompt));
+    // Without a template the continuation follows the prompt's text, so it must keep the leading
+    // space that decoding the whole sequence gives it: the decoder sees the prompt first.
+    if (template === "none") { for (const id of ids) decoder.push(id); }
+  }
   const start = performance.now();
   let firstToken = 0;
   const { ids: out, stop } = await session.generate(ids, {

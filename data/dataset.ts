@@ -548,11 +548,20 @@ export async function loadTrainingData(
   };
 }
 
-/** Formats the counts of a dataset as one line, for logs and errors. */
-export function summarizeStats(stats: DatasetStats, maxSeqLen: number): string {
+/**
+ * Formats the counts of a dataset as one line, for logs and errors. With `validationFile`, the
+ * file's usable examples are counted as validation examples.
+ */
+export function summarizeStats(
+  stats: DatasetStats,
+  maxSeqLen: number,
+  validationFile = false,
+): string {
   const parts = [
     `${stats.records} records`,
-    `${stats.trainExamples} training and ${stats.valExamples} validation examples`,
+    validationFile
+      ? `${stats.trainExamples} validation examples`
+      : `${stats.trainExamples} training and ${stats.valExamples} validation examples`,
     `${stats.badRecords} bad`,
     `${stats.truncated} truncated and ${stats.skippedTooLong} skipped as longer than ` +
     `${maxSeqLen} tokens`,

@@ -181,7 +181,9 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
     onReport: (bad) => log(`warning: ${bad.file}:${bad.line}: ${bad.message} (skipped)`),
   });
   log(`data ${o.data}: ${summarizeStats(data.trainStats, maxSeqLen)}`);
-  if (data.valStats) log(`validation ${o.valData}: ${summarizeStats(data.valStats, maxSeqLen)}`);
+  if (data.valStats) {
+    log(`validation ${o.valData}: ${summarizeStats(data.valStats, maxSeqLen, true)}`);
+  }
 
   const full = o.full ?? false;
   const layers = full ? config.nLayers : o.adapterLayers ?? defaultAdapterLayers(config);
@@ -273,13 +275,14 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
   const paramCount = full
     ? graph.parameters().reduce((n, t) => n + numel(t.shape), 0)
     : adapterParameterCount(config, adapterConfig);
+  const warmup = trainer.settings.schedule.warmupSteps;
   log(
     (full
       ? `full fine-tuning: all ${config.nLayers} blocks, `
       : `adapter: ${layers} of ${config.nLayers} blocks, prompt length ${o.adapterLen}` +
         `${adapterConfig.bias ? ", bias tuning" : ""}, `) +
       `${paramCount} trainable parameters; ${totalSteps} steps of ${effectiveBatch} examples, ` +
-      `peak lr ${lr.toExponential(3)}, ${trainer.settings.schedule.warmupSteps} warm-up steps`,
+      `peak lr ${lr.toExponential(3)}, ${warmup} warm-up step${warmup === 1 ? "" : "s"}`,
   );
 
   const meta = (step: number) => ({
