@@ -182,8 +182,8 @@ addModelOptions(
   .option("--warmup-steps <n>", "linear warm-up length in optimiser steps", int("--warmup-steps"))
   .option(
     "--warmup-epochs <n>",
-    "linear warm-up length in epochs (default: 0.4 x --epochs, at most 2, as the recipe's 2 " +
-      "of 5; --warmup-steps overrides it)",
+    "linear warm-up length in epochs (default: 40% of the run, at most 2 epochs, as the " +
+      "recipe's 2 of 5; --warmup-steps overrides it)",
     num("--warmup-epochs", 0),
   )
   .option(

@@ -106,7 +106,7 @@ Deno.test({
         `README shows 'npx --yes deno@2.9.6 task ${command}'`,
       );
     }
-    for (const command of ["eval", "chat", "generate --prompt"]) {
+    for (const command of ["eval", "chat --temperature 0", "generate --no-adapter --prompt"]) {
       assert.ok(readme.includes(`deno task ${command}`), `README shows 'deno task ${command}'`);
     }
     const pinned = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`));
@@ -134,6 +134,20 @@ Deno.test({
       "--quiet",
     ]);
     assert.equal(gen.code, 0, gen.out);
+    // Without an adapter or template the continuation follows the prompt, with a space between.
+    const story = await task([
+      "generate",
+      "--no-adapter",
+      "--prompt",
+      "Tom has a red kite.",
+      "--max-tokens",
+      "8",
+      "--temperature",
+      "0",
+      "--quiet",
+    ]);
+    assert.equal(story.code, 0, story.out);
+    assert.match(story.stdout, /^Tom has a red kite\. \S/, story.stdout);
     const chat = await task(
       ["chat", "--adapter", adapter, "--max-tokens", "8", "--quiet"],
       "What colour is the ball?\n/exit\n",

@@ -232,8 +232,12 @@ async function finetuneOpened(o: FinetuneOptions, opened: OpenedModel): Promise<
     Math.ceil(Math.ceil(data.train.length / o.batchSize) / o.gradAccum),
   );
   const totalSteps = o.maxSteps ?? Math.max(1, Math.round(o.epochs * stepsPerEpoch));
+  // The recipe warms up for 2 of 5 epochs. By default the same share (40%, at most 2 epochs) of
+  // the run is warm-up, measured in the run's own steps so that --max-steps shortens it too.
   const warmupSteps = o.warmupSteps ??
-    Math.round((o.warmupEpochs ?? Math.min(2, 0.4 * o.epochs)) * stepsPerEpoch);
+    (o.warmupEpochs !== undefined
+      ? Math.round(o.warmupEpochs * stepsPerEpoch)
+      : Math.round(totalSteps * (o.epochs > 0 ? Math.min(2, 0.4 * o.epochs) / o.epochs : 0.4)));
 
   const trainer = new Trainer(graph, data.train, {
     batchSize: o.batchSize,
