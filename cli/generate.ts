@@ -27,13 +27,12 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   const ids = tokenizer.encode(text, { bos: o.bos });
   const session = Session.create(opened.llama);
   const decoder = tokenizer.decoder();
-  if (template !== "none" && !o.quiet) console.error(`template: ${template}`);
-  else {
+  if (template === "none") {
     await Deno.stdout.write(encoder.encode(prompt));
     // Without a template the continuation follows the prompt's text, so it must keep the leading
     // space that decoding the whole sequence gives it: the decoder sees the prompt first.
-    if (template === "none") { for (const id of ids) decoder.push(id); }
-  }
+    for (const id of ids) decoder.push(id);
+  } else if (!o.quiet) console.error(`template: ${template}`);
   const start = performance.now();
   let firstToken = 0;
   const { ids: out, stop } = await session.generate(ids, {

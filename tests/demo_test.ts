@@ -134,6 +134,8 @@ Deno.test({
       "--quiet",
     ]);
     assert.equal(gen.code, 0, gen.out);
+    // With the adapter's template the output is the response alone, not the prompt.
+    assert.ok(!gen.stdout.includes("Once upon a time"), gen.stdout);
     // Without an adapter or template the continuation follows the prompt, with a space between.
     const story = await task([
       "generate",
