@@ -19,6 +19,7 @@
 import { type ModelConfig, validateConfig } from "../config.ts";
 import type { ModelWeights, WeightSource } from "../weights.ts";
 import { BIAS_NAMES, biasBlockSize, type BiasName, biasSizes } from "../adapter.ts";
+import { addBiasRef, biasGradRef } from "./bias.ts";
 import {
   attentionBackward,
   type AttentionCache,
@@ -153,17 +154,14 @@ function blockBiases(config: ModelConfig, all: Float64Array | null | undefined, 
   return out;
 }
 
-/** Adds bias b (N) to every row of y in place and returns y; does nothing without a bias. */
+/** Returns y with bias b (N) added to every row, or y itself without a bias. */
 function withBias(y: Float64Array, b: Float64Array | undefined): Float64Array {
-  if (!b) return y;
-  for (let i = 0; i < y.length; i++) y[i] += b[i % b.length];
-  return y;
+  return b ? addBiasRef(y, b) : y;
 }
 
-/** Adds the column sums of dy to db: the gradient of `withBias`. */
+/** Adds the column sums of dy to db, the gradient of `withBias`; does nothing without a bias. */
 function addBiasGrad(db: Float64Array | undefined, dy: Float64Array): void {
-  if (!db) return;
-  for (let i = 0; i < dy.length; i++) db[i % db.length] += dy[i];
+  if (db) addInPlace(db, biasGradRef(dy, db.length));
 }
 
 /** Activations of a whole forward pass. */
