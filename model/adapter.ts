@@ -77,6 +77,17 @@ export function biasBlockSize(model: ModelConfig): number {
   return Object.values(biasSizes(model)).reduce((a, b) => a + b, 0);
 }
 
+/** Joins bias values, given in storage order, into one array: the inverse of `splitBiases`. */
+export function joinBiases(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const p of parts) {
+    out.set(p, offset);
+    offset += p.length;
+  }
+  return out;
+}
+
 /** Splits one block's biases (biasBlockSize values) into views per linear layer. */
 export function splitBiases(
   model: ModelConfig,

@@ -17,11 +17,14 @@ import type { ModelConfig } from "./config.ts";
 import {
   type Adapter,
   BIAS_NAMES,
+  biasBlockSize,
   type BiasName,
   biasSizes,
   fingerprintMismatch,
   firstAdaptedLayer,
+  joinBiases,
   type ModelFingerprint,
+  splitBiases,
   validateAdapterConfig,
 } from "./adapter.ts";
 import { encodeSafetensors, type NamedTensor } from "./safetensors_write.ts";
@@ -72,13 +75,12 @@ export function encodeAdapter(
     });
   }
   if (adapter.config.bias) {
-    const sizes = biasSizes(model);
-    let offset = 0;
+    const size = biasBlockSize(model);
     for (let i = 0; i < K; i++) {
+      const block = splitBiases(model, adapter.biases!.slice(i * size, (i + 1) * size));
       for (const name of BIAS_NAMES) {
-        const data = adapter.biases!.slice(offset, offset + sizes[name]);
+        const data = block[name];
         tensors.push({ name: biasTensorName(first + i, name), shape: [data.length], data });
-        offset += sizes[name];
       }
     }
   }
@@ -174,12 +176,7 @@ export async function readAdapterFile(path: string): Promise<AdapterFile> {
         parts.push(b.data);
       }
     }
-    biases = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-    let offset = 0;
-    for (const p of parts) {
-      biases.set(p, offset);
-      offset += p.length;
-    }
+    biases = joinBiases(parts);
   }
   let fingerprint: ModelFingerprint;
   try {

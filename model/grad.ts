@@ -1,6 +1,6 @@
 /** One-batch loss and adapter gradients, for custom training loops and checks against references. */
-import { type Adapter, BIAS_NAMES, biasBlockSize } from "./adapter.ts";
-import type { Llama } from "./llama.ts";
+import type { Adapter } from "./adapter.ts";
+import { type Llama, readBiases } from "./llama.ts";
 import { TrainGraph } from "./train_graph.ts";
 
 /** Loss and gradients of one batch. */
@@ -52,16 +52,7 @@ export async function adapterLossAndGrads(
   }
   const grads: Adapter = { config: { ...a.config }, prompts, gates };
   if (a.config.bias) {
-    const parts: Float32Array[] = [];
-    for (const g of graph.adapterGrads) {
-      for (const name of BIAS_NAMES) parts.push(await model.gpu.readF32(g.biases![name]));
-    }
-    grads.biases = new Float32Array(K * biasBlockSize(c));
-    let offset = 0;
-    for (const p of parts) {
-      grads.biases.set(p, offset);
-      offset += p.length;
-    }
+    grads.biases = await readBiases(model.gpu, graph.adapterGrads.map((g) => g.biases!));
   }
   return { loss: count > 0 ? lossSum / count : NaN, count, grads };
 }

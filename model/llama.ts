@@ -30,6 +30,7 @@ import {
   BIAS_NAMES,
   biasBlockSize,
   firstAdaptedLayer,
+  joinBiases,
   splitBiases,
   validateAdapterConfig,
 } from "./adapter.ts";
@@ -159,6 +160,18 @@ export interface KvCache {
   v: Tensor;
 }
 
+/** Reads per-block bias tensors back from the GPU into the `Adapter.biases` layout. */
+export async function readBiases(
+  gpu: Gpu,
+  blocks: Record<BiasName, Tensor>[],
+): Promise<Float32Array> {
+  const parts: Float32Array[] = [];
+  for (const block of blocks) {
+    for (const name of BIAS_NAMES) parts.push(await gpu.readF32(block[name]));
+  }
+  return joinBiases(parts);
+}
+
 /** A loaded model on the GPU with an optional adapter. */
 export class Llama {
   readonly gpu: Gpu;
@@ -234,18 +247,7 @@ export class Llama {
       gates.set(await this.gpu.readF32(a.gates[i]), i * c.nHeads);
     }
     const out: Adapter = { config: { ...a.config }, prompts, gates };
-    if (a.config.bias) {
-      const blockBias = biasBlockSize(c);
-      out.biases = new Float32Array(K * blockBias);
-      for (let i = 0; i < K; i++) {
-        let offset = i * blockBias;
-        for (const name of BIAS_NAMES) {
-          const values = await this.gpu.readF32(a.biases[i][name]);
-          out.biases.set(values, offset);
-          offset += values.length;
-        }
-      }
-    }
+    if (a.config.bias) out.biases = await readBiases(this.gpu, a.biases);
     return out;
   }
 
