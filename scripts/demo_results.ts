@@ -11,7 +11,7 @@ import { Command } from "commander";
 import { DEFAULTS, DEMO_FINETUNE } from "../cli/defaults.ts";
 import { type EvalResult, evaluate } from "../cli/eval.ts";
 import { finetuneOptions } from "../cli/finetune.ts";
-import { finetune } from "../train/finetune.ts";
+import { finetune, type FinetuneResult } from "../train/finetune.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const o = new Command()
@@ -85,36 +85,41 @@ const pct = (r: EvalResult) =>
     ? `${(100 * r.exactMatch.accuracy).toFixed(1)}% (${r.exactMatch.correct}/${r.exactMatch.total})`
     : "-";
 const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(2)} MB`;
+/** Returns the table row of a trained method; `checkpoint` is the file whose size is reported. */
+async function trainedRow(
+  method: string,
+  run: FinetuneResult,
+  checkpoint: string,
+  result: EvalResult,
+): Promise<string[]> {
+  return [
+    method,
+    String(run.summary.trainableParameters),
+    mb(await size(checkpoint)),
+    `${(run.summary.seconds as number).toFixed(0)} s`,
+    result.loss.toFixed(3),
+    pct(result),
+  ];
+}
+
 const rows = [
   ["base model, no training", "0", "-", "-", base.loss.toFixed(3), pct(base)],
 ];
 if (v1Run && v1) {
-  rows.push([
-    "LLaMA-Adapter V1: prompts and gates (`--no-bias`)",
-    String(v1Run.summary.trainableParameters),
-    mb(await size(v1Run.adapterPath)),
-    `${(v1Run.summary.seconds as number).toFixed(0)} s`,
-    v1.loss.toFixed(3),
-    pct(v1),
-  ]);
+  const method = "LLaMA-Adapter V1: prompts and gates (`--no-bias`)";
+  rows.push(await trainedRow(method, v1Run, v1Run.adapterPath, v1));
 }
-rows.push([
-  "LLaMA-Adapter with bias tuning (`deno task finetune`)",
-  String(adapterRun.summary.trainableParameters),
-  mb(await size(adapterRun.adapterPath)),
-  `${(adapterRun.summary.seconds as number).toFixed(0)} s`,
-  adapted.loss.toFixed(3),
-  pct(adapted),
-]);
+rows.push(
+  await trainedRow(
+    "LLaMA-Adapter with bias tuning (`deno task finetune`)",
+    adapterRun,
+    adapterRun.adapterPath,
+    adapted,
+  ),
+);
 if (fullRun && full) {
-  rows.push([
-    "full fine-tuning (`--full`)",
-    String(fullRun.summary.trainableParameters),
-    mb(await size(`${fullRun.adapterPath}/model.safetensors`)),
-    `${(fullRun.summary.seconds as number).toFixed(0)} s`,
-    full.loss.toFixed(3),
-    pct(full),
-  ]);
+  const checkpoint = `${fullRun.adapterPath}/model.safetensors`;
+  rows.push(await trainedRow("full fine-tuning (`--full`)", fullRun, checkpoint, full));
 }
 const table = [
   "| method | trainable parameters | checkpoint | training time | test loss | exact match |",
