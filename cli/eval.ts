@@ -158,8 +158,8 @@ async function evaluateOpened(o: EvalCliOptions, opened: OpenedModel): Promise<E
         samples: Math.max(5, o.show ?? 0),
         onProgress: (n) => {
           if (!o.json && !o.quiet && (n % 25 === 0 || n === records.length)) {
-            const which = withAdapter ? "with adapter" : "base model";
-            console.error(`generating answers (${which}): ${n}/${records.length}`);
+            const row = withAdapter ? "with adapter" : "base model";
+            console.error(`generating answers (${row}): ${n}/${records.length}`);
           }
         },
       },

@@ -29,8 +29,8 @@ export async function runGenerate(o: GenerateCliOptions): Promise<void> {
   const decoder = tokenizer.decoder();
   if (template === "none") {
     await Deno.stdout.write(encoder.encode(prompt));
-    // Without a template the continuation follows the prompt's text, so it must keep the leading
-    // space that decoding the whole sequence gives it: the decoder sees the prompt first.
+    // Without a template the continuation follows the prompt's text. Pushing the prompt ids into
+    // the decoder first keeps the leading space that decoding the whole sequence would give.
     for (const id of ids) decoder.push(id);
   } else if (!o.quiet) console.error(`template: ${template}`);
   const start = performance.now();

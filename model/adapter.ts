@@ -17,9 +17,9 @@
  * (K * L, dim), prompts of the lowest adapted block first, and `layers.{i}.attention.gate` of shape
  * (1, n_heads, 1, 1) for each adapted block index i.
  *
- * Optional bias tuning, the bias half of LLaMA-Adapter V2's "bias tuning" (Gao et al., 2023): each
- * adapted block also trains a bias on the output of each of its seven linear layers (wq, wk, wv,
- * wo, w1, w2, w3), added after the matrix product and before the rotary embedding. The biases
+ * Optional bias tuning is the bias half of LLaMA-Adapter V2's "bias tuning" (Gao et al., 2023).
+ * Each adapted block also trains a bias on the output of each of its seven linear layers (wq, wk,
+ * wv, wo, w1, w2, w3), added after the matrix product and before the rotary embedding. The biases
  * start at zero, so the adapted model still starts as the base model. The prompt keys and values
  * go through the same biased wk and wv. V2's per-channel scales and unfrozen norms are not
  * implemented.

@@ -16,9 +16,9 @@
  *     dx = dxMid + rmsnorm'(x, dxn1)            dattnNorm += ...
  *     dPrompt += dPk wk + dPv wv
  *
- * With bias tuning, each linear layer's bias gradient is the column sum of its output gradient
- * (dOut for w2, da and du for w1 and w3, dxMid for wo, dq and dk before the rotary embedding and
- * dv for the tokens, and dPk, dPv for the prompt keys and values).
+ * With bias tuning, each linear layer's bias gradient is the column sum of its output gradient:
+ * dOut for w2, da and du for w1 and w3, dxMid for wo, and dq, dk (before the rotary embedding) and
+ * dv for the tokens. The wk and wv biases also get the sums of dPk and dPv from the prompt.
  */
 import { type Gpu, type Tensor, view } from "../kernels/device.ts";
 import { matmulGradInput, matmulGradWeight } from "../kernels/matmul.ts";

@@ -1,8 +1,8 @@
 /**
- * Measures the numbers of the demo results page (docs/results.md): trains the default adapter
+ * Measures the numbers of the demo results page (docs/results.md). It trains the default adapter
  * (what `deno task finetune` does with no arguments: prompts, gates and biases), the same adapter
- * without biases (`--no-bias`, LLaMA-Adapter V1), and fully fine-tunes the same base model on the
- * same data; evaluates the base model and the three on the test split; prints the tables in
+ * without biases (`--no-bias`, LLaMA-Adapter V1), and a full fine-tune of the same base model on
+ * the same data. It evaluates the base model and the three on the test split, prints the tables in
  * Markdown and writes the raw results to `runs/demo-results.json`.
  *
  *     deno run -A scripts/demo_results.ts [--full-lr RATE] [--limit N] [--skip-v1] [--skip-full]
